@@ -1,0 +1,35 @@
+"""Toy distributions: Gaussian mixtures with exact diffused scores, and sample-only 2D sets."""
+
+from .mixture import GaussianMixture
+from .targets import (
+    MIXTURES,
+    REGISTRY,
+    ToySet,
+    aniso,
+    checkerboard,
+    get,
+    grid25,
+    moons,
+    pinwheel,
+    ring8,
+    rings,
+    spirals,
+    swiss_roll,
+)
+
+__all__ = [
+    "GaussianMixture",
+    "MIXTURES",
+    "REGISTRY",
+    "ToySet",
+    "aniso",
+    "checkerboard",
+    "get",
+    "grid25",
+    "moons",
+    "pinwheel",
+    "ring8",
+    "rings",
+    "spirals",
+    "swiss_roll",
+]
