@@ -19,6 +19,20 @@ from .score import (
     x0_from_score,
 )
 
+from . import metrics, samplers, schedules
+from .samplers import (
+    ancestral,
+    annealed_langevin,
+    ddim,
+    dpm_solver_pp,
+    euler,
+    euler_maruyama,
+    heun,
+    langevin,
+    predictor_corrector,
+    probability_flow,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -42,4 +56,17 @@ __all__ = [
     "tweedie",
     "v_from_score",
     "x0_from_score",
+    "metrics",
+    "samplers",
+    "schedules",
+    "ancestral",
+    "annealed_langevin",
+    "ddim",
+    "dpm_solver_pp",
+    "euler",
+    "euler_maruyama",
+    "heun",
+    "langevin",
+    "predictor_corrector",
+    "probability_flow",
 ]

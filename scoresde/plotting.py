@@ -63,3 +63,69 @@ def plot_score_fields(
             ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", title=f"t={tv:g}, sigma={sig:.3g}")
     fig.suptitle(f"exact diffused densities and scores under {process!r}")
     return _save(fig, out)
+
+
+def plot_sample_grid(
+    samples: Mapping[tuple[str, int], torch.Tensor], reference: torch.Tensor, out: str | Path, max_points: int = 3000
+) -> Path:
+    """Scatter plots: rows are samplers, columns NFE budgets; the first column is exact samples."""
+    names = list(dict.fromkeys(k[0] for k in samples))
+    budgets = sorted(set(k[1] for k in samples))
+    fig, axes = plt.subplots(len(names), len(budgets) + 1, figsize=(2.2 * (len(budgets) + 1), 2.2 * len(names)),
+                             squeeze=False)
+    ref = reference[:max_points].cpu().double()
+    lo, hi = _lim(ref)
+    for r, name in enumerate(names):
+        ax = axes[r, 0]
+        ax.scatter(ref[:, 0], ref[:, 1], s=0.5, alpha=0.4, color="gray")
+        ax.set_ylabel(name, fontsize=8)
+        if r == 0:
+            ax.set_title("exact", fontsize=9)
+        for c, nfe in enumerate(budgets, start=1):
+            ax = axes[r, c]
+            x = samples.get((name, nfe))
+            if x is not None:
+                x = x[:max_points].cpu().double()
+                ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.4)
+            if r == 0:
+                ax.set_title(f"NFE {nfe}", fontsize=9)
+        for ax in axes[r]:
+            ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", xticks=[], yticks=[])
+    return _save(fig, out)
+
+
+def plot_quality_vs_nfe(records: Sequence[Mapping], floors: Mapping[str, float], metrics: Sequence[str],
+                        out: str | Path) -> Path:
+    """One panel per metric: metric against measured NFE for each sampler, with the noise floor dashed."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
+    names = list(dict.fromkeys(r["sampler"] for r in records))
+    for ax, m in zip(axes[0], metrics):
+        for name in names:
+            rs = sorted((r for r in records if r["sampler"] == name), key=lambda r: r["nfe"])
+            ys = [abs(r[m]) for r in rs]
+            ax.plot([r["nfe"] for r in rs], ys, marker="o", ms=3, label=name)
+        if m in floors:
+            ax.axhline(abs(floors[m]), ls="--", color="k", lw=1, label="noise floor")
+        ax.set(xscale="log", yscale="log", xlabel="NFE (measured)", ylabel=("|" + m + "|") if m == "logp_gap" else m)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    return _save(fig, out)
+
+
+def plot_trajectories(paths: Mapping[str, torch.Tensor], reference: torch.Tensor, out: str | Path) -> Path:
+    """Sample paths (steps, n, 2) per sampler, over the exact samples."""
+    cols = min(5, len(paths))
+    rows = -(-len(paths) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    ref = reference[:3000].cpu().double()
+    lo, hi = _lim(ref, pad=1.0)
+    for ax in axes.flat[len(paths):]:
+        ax.axis("off")
+    for ax, (name, p) in zip(axes.flat, paths.items()):
+        p = p.cpu().double()
+        ax.scatter(ref[:, 0], ref[:, 1], s=0.5, alpha=0.2, color="gray")
+        for j in range(p.shape[1]):
+            ax.plot(p[:, j, 0], p[:, j, 1], lw=0.5, alpha=0.6)
+        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=3, color="k", zorder=3)
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", title=name, xticks=[], yticks=[])
+    return _save(fig, out)

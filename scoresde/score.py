@@ -95,8 +95,10 @@ def convert(value: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, *, src: Pred
     return from_eps(dst, to_eps(src, value, x, alpha, sigma), x, alpha, sigma)
 
 
-def tweedie(x: Tensor, score: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Tweedie's formula: E[x0 | x_t] = (x + sigma² score) / alpha."""
+def tweedie(x: Tensor, score: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    """Tweedie's formula: E[x0 | x_t] = (x + sigma² score) / alpha; Python-float alpha, sigma take a fused path."""
+    if isinstance(alpha, float) and isinstance(sigma, float):
+        return x.mul(1.0 / alpha).add_(score, alpha=sigma**2 / alpha)
     return convert(score, x, alpha, sigma, src="score", dst="x0")
 
 

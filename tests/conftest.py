@@ -17,6 +17,11 @@ settings.load_profile("scoresde")
 
 DEVICE = torch.device(os.environ.get("SCORESDE_TEST_DEVICE", "cpu"))
 
+# The tests' tensors are small: on a shared 2-core machine a second intra-op thread only adds waiting (3-10x
+# slower under load), and one thread makes CPU reductions run in one fixed order.
+if DEVICE.type == "cpu":
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def device() -> torch.device:

@@ -98,12 +98,16 @@ class GaussianMixture:
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.num_components}, D={self.dim})"
 
-    def _params(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _params(self, like: Tensor) -> tuple[Tensor, ...]:
+        """log w (K,), mu (K, D), lam (K, D), U stacked as (D, K*D), mu rotated into each eigenbasis (K, D)."""
         key = (like.device, like.dtype)
         if key not in self._cache:
+            k, d = self.means.shape
+            u_flat = self.eigvecs.permute(1, 0, 2).reshape(d, k * d)  # u_flat[:, k*D + j] = U_k[:, j]
+            mu_rot = torch.einsum("kd,kdj->kj", self.means, self.eigvecs)
             self._cache[key] = tuple(
                 p.to(device=like.device, dtype=like.dtype)
-                for p in (self.weights.log(), self.means, self.eigvals, self.eigvecs)
+                for p in (self.weights.log(), self.means, self.eigvals, u_flat, mu_rot)
             )
         return self._cache[key]
 
@@ -130,19 +134,17 @@ class GaussianMixture:
         return x
 
     # -- exact noised quantities ---------------------------------------------------------------------------------
-    def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-sample, per-component: log w_k N_k(x), y = U_kᵀ(x - alpha mu_k), noised eigenvalues, U_k."""
-        logw, mu, lam, u = self._params(x)
+    def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per sample and component: log w_k N_k(x), y = U_kᵀ(x - alpha mu_k) (B, K, D), noised eigenvalues."""
+        logw, _, lam, u_flat, mu_rot = self._params(x)
         xf = x.reshape(x.shape[0], -1)
         if xf.shape[1] != self.dim:
             raise ValueError(f"x has {xf.shape[1]} values per sample, the mixture has D = {self.dim}")
         a = alpha.reshape(-1, 1, 1)  # (B or 1, 1, 1)
-        s2 = (sigma**2).reshape(-1, 1, 1)
-        var = a**2 * lam + s2  # (B, K, D)
-        diff = xf[:, None, :] - a * mu  # (B, K, D)
-        y = torch.einsum("kdj,bkd->bkj", u, diff)
+        var = a**2 * lam + (sigma**2).reshape(-1, 1, 1)  # (B or 1, K, D)
+        y = (xf @ u_flat).reshape(xf.shape[0], self.num_components, self.dim) - a * mu_rot
         log_n = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
-        return logw + log_n, y, var, u
+        return logw + log_n, y, var
 
     def _alpha_sigma(self, x: Tensor, process: Process | None, t: Tensor | float | None) -> tuple[Tensor, Tensor]:
         if process is None:
@@ -150,38 +152,41 @@ class GaussianMixture:
             return one, one * 0
         t = as_time(t, x)
         check_batch_t(x, t)
+        if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:
+            t = t[:1]  # one time expanded over the batch (as samplers pass it): noise the mixture once
         t = process.check_t(t)
         return process.alpha(t).to(x.dtype), process.sigma(t).to(x.dtype)
 
     def log_prob(self, x: Tensor, process: Process | None = None, t: Tensor | float | None = None) -> Tensor:
         """Exact log density of x (shape (B, ...)) under the mixture, or under its noised version at time t."""
         alpha, sigma = self._alpha_sigma(x, process, t)
-        lp, _, _, _ = self._components(x, alpha, sigma)
+        lp, _, _ = self._components(x, alpha, sigma)
         return torch.logsumexp(lp, dim=1)
 
     def score(self, x: Tensor, process: Process | None = None, t: Tensor | float | None = None) -> Tensor:
         """Exact score ∇_x log p_t(x), same shape as x."""
         alpha, sigma = self._alpha_sigma(x, process, t)
-        lp, y, var, u = self._components(x, alpha, sigma)
+        lp, y, var = self._components(x, alpha, sigma)
         r = torch.softmax(lp, dim=1)  # responsibilities (B, K)
-        g = torch.einsum("kdj,bkj->bkd", u, -(y / var))  # per-component scores (B, K, D)
-        return (r[..., None] * g).sum(1).reshape(x.shape)
+        u_flat = self._params(x)[3]
+        # sum_k r_k U_k (-y_k / var_k): one matmul with the stacked eigenvectors
+        return -((r[..., None] * y / var).reshape(x.shape[0], -1) @ u_flat.T).reshape(x.shape)
 
     def posterior_mean(self, x: Tensor, process: Process, t: Tensor | float) -> Tensor:
         """Exact E[x0 | x_t = x], computed by Gaussian conditioning in each component (not by Tweedie)."""
         alpha, sigma = self._alpha_sigma(x, process, t)
-        _, mu, lam, _ = self._params(x)
-        lp, y, var, u = self._components(x, alpha, sigma)
+        _, mu, lam, u_flat, _ = self._params(x)
+        lp, y, var = self._components(x, alpha, sigma)
         r = torch.softmax(lp, dim=1)
         a = alpha.reshape(-1, 1, 1)
         # E[x0 | x_t, k] = mu_k + Sigma_k a C_k^{-1} (x - a mu_k), in the eigenbasis of Sigma_k
-        m = mu + torch.einsum("kdj,bkj->bkd", u, a * lam * y / var)
-        return (r[..., None] * m).sum(1).reshape(x.shape)
+        shift = (r[..., None] * (a * lam * y / var)).reshape(x.shape[0], -1) @ u_flat.T
+        return (r @ mu + shift).reshape(x.shape)
 
     def class_log_prob(self, x: Tensor, process: Process | None = None, t: Tensor | float | None = None) -> Tensor:
         """Exact log p_t(y | x) for every class y, shape (B, num_classes)."""
         alpha, sigma = self._alpha_sigma(x, process, t)
-        lp, _, _, _ = self._components(x, alpha, sigma)
+        lp, _, _ = self._components(x, alpha, sigma)
         classes = torch.arange(self.num_classes, device=x.device)
         member = self.labels.to(x.device)[None, :] == classes[:, None]  # (C, K)
         masked = torch.where(member, lp[:, None, :], lp.new_tensor(-math.inf))  # (B, C, K)

@@ -1,0 +1,89 @@
+"""Every sampler is f(score, process, x, ts, *, generator=None, callback=None, **options) -> x0.
+
+x is the prior sample at ts[0], ts a decreasing float64 grid of process times. `SAMPLERS` (name -> spec) exists for
+the CLI and benchmarks only: it maps an NFE budget to a grid for each sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..processes import Process
+from ..schedules import GRIDS
+from .langevin import annealed_langevin, langevin
+from .ode import ddim, dpm_solver_pp, euler, heun, probability_flow
+from .sde import ancestral, euler_maruyama, predictor_corrector
+
+__all__ = [
+    "ancestral",
+    "annealed_langevin",
+    "ddim",
+    "dpm_solver_pp",
+    "euler",
+    "euler_maruyama",
+    "heun",
+    "langevin",
+    "predictor_corrector",
+    "probability_flow",
+    "SAMPLERS",
+    "SamplerSpec",
+    "get_sampler",
+]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How to run a sampler at an NFE budget: NFE = evals_per_step * steps + extra (+1 for the final denoise)."""
+
+    fn: Callable
+    grid: str
+    evals_per_step: int = 1
+    extra: int = 0
+    deterministic: bool = False
+    options: dict = field(default_factory=dict)
+
+    def steps_for(self, nfe: int) -> int:
+        """The most steps whose NFE (with the final denoising evaluation) fits in the budget."""
+        if not isinstance(nfe, int) or nfe < 1:
+            raise ValueError(f"NFE must be a positive integer, got {nfe!r}")
+        steps = (nfe - 1 - self.extra) // self.evals_per_step
+        if steps < 0:
+            raise ValueError(f"NFE = {nfe} is too small for {self.fn.__name__}: it needs at least {1 + self.extra}")
+        return steps
+
+    def nfe(self, steps: int) -> int:
+        return self.evals_per_step * steps + self.extra + 1
+
+    def grid_for(self, process: Process, nfe: int, grid: str | None = None) -> torch.Tensor:
+        name = grid or self.grid
+        if name not in GRIDS:
+            raise ValueError(f"unknown grid {name!r}; choose from {', '.join(GRIDS)}")
+        return GRIDS[name](process, self.steps_for(nfe))
+
+    def __call__(self, score, process, x, ts, **kw):
+        return self.fn(score, process, x, ts, **{**self.options, **kw})
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "ancestral": SamplerSpec(ancestral, "uniform_t"),
+    "euler_maruyama": SamplerSpec(euler_maruyama, "uniform_t"),
+    "predictor_corrector": SamplerSpec(predictor_corrector, "uniform_t", evals_per_step=2),
+    "annealed_langevin": SamplerSpec(annealed_langevin, "uniform_t", evals_per_step=5, extra=5, options={"n_steps": 5}),
+    "probability_flow": SamplerSpec(probability_flow, "log_snr", evals_per_step=4, deterministic=True,
+                                    options={"method": "rk4"}),
+    "ddim": SamplerSpec(ddim, "log_snr", deterministic=True),
+    "euler": SamplerSpec(euler, "karras", deterministic=True),
+    "heun": SamplerSpec(heun, "karras", evals_per_step=2, deterministic=True),
+    "dpm_solver_pp": SamplerSpec(dpm_solver_pp, "log_snr", deterministic=True),
+    "dpm_solver_pp_3m": SamplerSpec(dpm_solver_pp, "log_snr", deterministic=True, options={"order": 3}),
+}
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """Look a sampler up by name (CLI and benchmarks)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]

@@ -1,0 +1,132 @@
+"""What every sampler shares: grid preparation, noise, the non-finite check, progress and callbacks.
+
+A sampler precomputes its per-step coefficients as Python floats from the CPU float64 grid, so a step is a few
+fused tensor operations with no host-device synchronisation; the only synchronisation is one check at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..processes import Process
+from ..schedules import check_grid
+from ..score import tweedie
+
+NoiseFn = Callable[[int, Tensor], Tensor]
+Callback = Callable[[dict], None]
+
+
+class Grid(NamedTuple):
+    ts: Tensor  # CPU float64 times, decreasing
+    t: list  # per grid time, a (B,) tensor of that time in x's dtype and device
+    alpha: list  # Python floats
+    sigma: list
+    log_snr: list
+
+
+def prepare(process: Process, x: Tensor, ts: Tensor) -> Grid:
+    """Validate x and the grid; precompute per-time batches and coefficients."""
+    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must be a tensor of shape (B, ...), got {getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    ts = check_grid(process, ts)
+    t_dev = ts.to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
+    return Grid(
+        ts,
+        list(t_dev.unbind(0)),
+        process.alpha(ts).tolist(),
+        process.sigma(ts).tolist(),
+        process.log_snr(ts).tolist(),
+    )
+
+
+def noise_source(generator: torch.Generator | None, noise: NoiseFn | None) -> NoiseFn:
+    """noise(k, x) -> the k-th standard normal draw like x (k counts draws from 0): the caller's, or from generator."""
+    if noise is not None:
+        return noise
+
+    def draw(i: int, x: Tensor) -> Tensor:
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    return draw
+
+
+class FiniteCheck:
+    """Record one sum per score evaluation on the device; one sync at the end names the first bad step."""
+
+    def __init__(self, x: Tensor, n: int):
+        self.dims = tuple(range(x.ndim))
+        self.sums = [x.new_empty(()) for _ in range(n)]
+        self.where: list = [None] * n
+
+    def __call__(self, k: int, value: Tensor, step: int, t: float) -> None:
+        torch.sum(value, dim=self.dims, out=self.sums[k])
+        self.where[k] = (step, t)
+
+    def raise_if_bad(self) -> None:
+        if not self.sums:
+            return
+        ok = torch.isfinite(torch.stack(self.sums))
+        if not bool(ok.all()):
+            k = int((~ok).nonzero()[0])
+            step, t = self.where[k]
+            raise ValueError(f"the score returned NaN or inf at step {step} (t = {t:.6g}, evaluation {k + 1})")
+
+
+def steps(n: int, progress: bool | None, desc: str) -> Iterable[int]:
+    """range(n), with a progress bar when asked for or when stderr is a terminal."""
+    if progress is None:
+        progress = sys.stderr.isatty() and n >= 50
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, leave=False)
+
+
+def report(callback: Callback | None, i: int, t: float, x: Tensor, score: Tensor, alpha: float, sigma: float) -> None:
+    """Call callback({i, t, x, x0}) with Tweedie's x0 from the score already evaluated (no extra NFE)."""
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "x0": tweedie(x, score, alpha, sigma)})
+
+
+def first_order_loop(
+    score,
+    x: Tensor,
+    grid: Grid,
+    A: list,
+    B: list,
+    C: list,
+    *,
+    draw: NoiseFn,
+    callback: Callback | None,
+    denoise: bool,
+    progress: bool | None,
+    desc: str,
+) -> Tensor:
+    """x <- A[i] x + B[i] score(x, t_i) + C[i] z_i over the grid, then Tweedie's x0 at the last time if denoise.
+
+    The shared loop of the ancestral, DDIM and Euler-Maruyama samplers: one score evaluation per step.
+    """
+    n = len(grid.ts) - 1
+    times = grid.ts.tolist()
+    check = FiniteCheck(x, n + int(denoise))
+    for i in steps(n, progress, desc):
+        s = score(x, grid.t[i])
+        check(i, s, i, times[i])
+        report(callback, i, times[i], x, s, grid.alpha[i], grid.sigma[i])
+        x = x.mul(A[i]).add_(s, alpha=B[i])
+        if C[i] != 0:
+            x.add_(draw(i, x), alpha=C[i])
+    if denoise:
+        s = score(x, grid.t[n])
+        check(n, s, n, times[n])
+        report(callback, n, times[n], x, s, grid.alpha[n], grid.sigma[n])
+        x = tweedie(x, s, grid.alpha[n], grid.sigma[n])
+    check.raise_if_bad()
+    return x

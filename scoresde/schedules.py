@@ -1,0 +1,101 @@
+"""Time grids for sampling: decreasing float64 tensors of process times, from t_max down to t_min.
+
+Each takes the number of steps (intervals) n and returns n + 1 times. A sampler evaluates the score at each
+grid time (and, with `denoise=True`, returns Tweedie's x0 estimate at the last one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .processes import Process
+
+__all__ = ["uniform_t", "uniform_log_snr", "karras", "ddpm_steps", "check_grid", "GRIDS"]
+
+
+def _ends(process: Process, t_min: float | None, t_max: float | None) -> tuple[float, float]:
+    lo = process.t_min if t_min is None else float(t_min)
+    hi = process.t_max if t_max is None else float(t_max)
+    process.check_t(torch.tensor([lo, hi], dtype=torch.float64))
+    if not lo < hi:
+        raise ValueError(f"need t_min < t_max, got t_min={lo!r}, t_max={hi!r}")
+    return lo, hi
+
+
+def _check_steps(n: int) -> None:
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"the number of steps must be a non-negative integer, got {n!r}")
+
+
+def uniform_t(process: Process, n: int, t_min: float | None = None, t_max: float | None = None) -> Tensor:
+    """n steps uniform in t (Song et al. 2021); on DiscreteVP with n = N - 1 these are DDPM's steps N..1."""
+    _check_steps(n)
+    lo, hi = _ends(process, t_min, t_max)
+    return torch.linspace(hi, lo, n + 1, dtype=torch.float64)
+
+
+def uniform_log_snr(process: Process, n: int, t_min: float | None = None, t_max: float | None = None) -> Tensor:
+    """n steps uniform in log-SNR (DPM-Solver's 'logSNR' grid)."""
+    _check_steps(n)
+    lo, hi = _ends(process, t_min, t_max)
+    lam = process.log_snr(torch.tensor([hi, lo], dtype=torch.float64))
+    ts = process.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), n + 1, dtype=torch.float64))
+    ts[0], ts[-1] = hi, lo  # exact ends despite round-off in the inverse
+    return ts
+
+
+def karras(
+    process: Process, n: int, rho: float = 7.0, t_min: float | None = None, t_max: float | None = None
+) -> Tensor:
+    """EDM's grid (Karras et al. 2022, eq. 5): the noise level sigma/alpha uniform in sigma^(1/rho)."""
+    _check_steps(n)
+    if not rho > 0:
+        raise ValueError(f"rho must be positive, got {rho!r}")
+    lo, hi = _ends(process, t_min, t_max)
+    lam = process.log_snr(torch.tensor([hi, lo], dtype=torch.float64))
+    s_max, s_min = torch.exp(-0.5 * lam).tolist()  # sigma / alpha = exp(-log_snr / 2)
+    r = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    sig = (s_max ** (1 / rho) + r * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    ts = process.t_from_log_snr(-2 * torch.log(sig))
+    ts[0], ts[-1] = hi, lo
+    return ts
+
+
+def ddpm_steps(process: Process, n: int) -> Tensor:
+    """n steps through DDPM's integer steps N..1, evenly spaced and rounded (needs a process with num_steps)."""
+    _check_steps(n)
+    big_n = getattr(process, "num_steps", None)
+    if big_n is None:
+        raise ValueError(f"ddpm_steps needs a discrete process (DiscreteVP), got {process!r}")
+    if n > big_n - 1:
+        raise ValueError(f"{process!r} has {big_n} steps, so at most {big_n - 1} sampling steps; got {n}")
+    steps = torch.linspace(big_n, 1, n + 1, dtype=torch.float64).round()
+    return steps / big_n
+
+
+GRIDS = {"uniform_t": uniform_t, "log_snr": uniform_log_snr, "karras": karras, "ddpm": ddpm_steps}
+
+
+def check_grid(process: Process, ts: Tensor) -> Tensor:
+    """Validate a sampling grid: 1-D, strictly decreasing, inside [t_min, t_max]; returned as CPU float64."""
+    if not isinstance(ts, Tensor):
+        ts = torch.as_tensor(ts, dtype=torch.float64)
+    ts = ts.detach().to("cpu", torch.float64)
+    if ts.ndim != 1 or ts.numel() < 1:
+        raise ValueError(f"the time grid must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
+    if not bool(torch.isfinite(ts).all()):
+        raise ValueError(f"the time grid holds a non-finite value: {ts.tolist()}")
+    if ts.numel() > 1:
+        d = ts[1:] - ts[:-1]
+        if not bool((d < 0).all()):
+            i = int((d >= 0).nonzero()[0])
+            raise ValueError(
+                f"the time grid must be strictly decreasing; ts[{i}] = {ts[i].item()!r} <= ts[{i + 1}] = {ts[i + 1].item()!r}"
+            )
+    process.check_t(ts)
+    if math.isclose(float(ts[-1]), 0.0) and float(process.sigma(ts[-1:])) == 0:
+        raise ValueError("the time grid must end where sigma > 0; use denoise=True for the final x0")
+    return ts

@@ -1,0 +1,267 @@
+"""Samplers against exact scores: quality versus the noise floor, measured order of convergence, per-sample
+independence, reproducibility, NFE accounting and bad input."""
+
+import math
+
+import pytest
+import torch
+
+import toy_data
+from scoresde import VE, VP, DiscreteVP, count_evals
+from scoresde.metrics import sliced_wasserstein
+from scoresde.samplers import (
+    SAMPLERS,
+    ancestral,
+    ddim,
+    dpm_solver_pp,
+    euler,
+    get_sampler,
+    heun,
+    langevin,
+    probability_flow,
+)
+from scoresde.schedules import karras, uniform_log_snr, uniform_t
+from toy_data import GaussianMixture
+
+from .conftest import DEVICE
+
+# NFE budgets at which each sampler should be close to the target on exact scores (stochastic ones need more).
+BUDGET = {
+    "ancestral": 100,
+    "euler_maruyama": 200,
+    "predictor_corrector": 200,
+    "annealed_langevin": 506,
+    "probability_flow": 41,
+    "ddim": 40,
+    "euler": 40,
+    "heun": 31,
+    "dpm_solver_pp": 20,
+    "dpm_solver_pp_3m": 20,
+}
+N = 4000
+
+
+def _image_mixture():
+    g = torch.Generator().manual_seed(0)
+    means = 0.8 * torch.randn(3, 64, generator=g, dtype=torch.float64)
+    return GaussianMixture.isotropic([0.5, 0.3, 0.2], means, 0.25, event_shape=(1, 8, 8))
+
+
+def _run(name, target, process, nfe, n=N, seed=0, dtype=torch.float32):
+    spec = get_sampler(name)
+    ts = spec.grid_for(process, nfe)
+    score = count_evals(target.score_fn(process))
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = process.prior((n,) + target.event_shape, generator=g, dtype=dtype)
+    out = spec(score, process, x, ts, generator=g)
+    return out, score.nfe, spec.nfe(len(ts) - 1)
+
+
+def _floor(target, n=N):
+    a = target.sample(n, generator=torch.Generator().manual_seed(101)).to(DEVICE)
+    b = target.sample(n, generator=torch.Generator().manual_seed(102)).to(DEVICE)
+    return a, sliced_wasserstein(a, b).item()
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0)], ids=["vp", "ve"])
+def test_every_sampler_reaches_ring8(name, process):
+    target = toy_data.ring8()
+    ref, floor = _floor(target)
+    out, nfe, declared = _run(name, target, process, BUDGET[name])
+    assert nfe == declared <= BUDGET[name]
+    assert out.shape == (N, 2) and out.dtype == torch.float32 and out.device.type == DEVICE.type
+    assert sliced_wasserstein(out, ref).item() < 2.5 * floor, name
+
+
+@pytest.mark.parametrize("name", ["ancestral", "ddim"])
+def test_ddpm_samplers_on_discrete_vp(name):
+    target = toy_data.ring8()
+    ref, floor = _floor(target)
+    process = DiscreteVP.linear()
+    spec = get_sampler(name)
+    ts = uniform_t(process, 999) if name == "ancestral" else spec.grid_for(process, BUDGET[name])
+    assert name != "ancestral" or torch.allclose(ts * 1000, torch.arange(1000, 0, -1, dtype=torch.float64))
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    out = spec(target.score_fn(process), process, process.prior((N, 2), generator=g), ts, generator=g)
+    assert sliced_wasserstein(out, ref).item() < 2.5 * floor
+
+
+@pytest.mark.parametrize("name", ["ancestral", "euler_maruyama", "ddim", "heun", "dpm_solver_pp", "probability_flow"])
+def test_image_shaped_data(name):
+    target = _image_mixture()
+    ref, floor = _floor(target, 2000)
+    out, _, _ = _run(name, target, VP(), BUDGET[name], n=2000)
+    assert out.shape == (2000, 1, 8, 8)
+    assert sliced_wasserstein(out, ref).item() < 2.5 * floor
+
+
+# -- order of convergence on the probability-flow ODE ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ode_problem():
+    """x at t0 = 0.7 and the probability-flow ODE's solution at t1 = 0.1 to rtol = atol = 1e-11 (dopri5)."""
+    process = VP()
+    target = toy_data.aniso()
+    g = torch.Generator().manual_seed(5)
+    t0, t1 = 0.7, 0.1
+    x0 = target.sample(64, generator=g, dtype=torch.float64)
+    x = process.perturb(x0, t0, torch.randn(x0.shape, generator=g, dtype=torch.float64)).to(DEVICE)
+    score = target.score_fn(process)
+    ref = probability_flow(
+        score, process, x, torch.tensor([t0, t1], dtype=torch.float64), rtol=1e-11, atol=1e-11, denoise=False
+    )
+    return process, score, x, t0, t1, ref
+
+
+SOLVERS = {
+    "ddim": (lambda s, p, x, ts: ddim(s, p, x, ts, denoise=False), 1),
+    "euler": (lambda s, p, x, ts: euler(s, p, x, ts, denoise=False), 1),
+    "heun": (lambda s, p, x, ts: heun(s, p, x, ts, denoise=False), 2),
+    "dpm_solver_pp_2m": (lambda s, p, x, ts: dpm_solver_pp(s, p, x, ts, lower_order_final=False, denoise=False), 2),
+    "dpm_solver_pp_3m": (
+        lambda s, p, x, ts: dpm_solver_pp(s, p, x, ts, order=3, lower_order_final=False, denoise=False), 3),
+    "pf_euler": (lambda s, p, x, ts: probability_flow(s, p, x, ts, method="euler", denoise=False), 1),
+    "pf_midpoint": (lambda s, p, x, ts: probability_flow(s, p, x, ts, method="midpoint", denoise=False), 2),
+    "pf_rk4": (lambda s, p, x, ts: probability_flow(s, p, x, ts, method="rk4", denoise=False), 4),
+}
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_measured_order_of_convergence(name, ode_problem):
+    solver, order = SOLVERS[name]
+    process, score, x, t0, t1, ref = ode_problem
+    ns = [16, 32, 64] if order < 4 else [8, 16, 32]
+    errs = []
+    for n in ns:
+        ts = uniform_log_snr(process, n, t_min=t1, t_max=t0)
+        errs.append((solver(score, process, x, ts) - ref).abs().max().item())
+    slope = -(math.log(errs[-1]) - math.log(errs[0])) / (math.log(ns[-1]) - math.log(ns[0]))
+    assert abs(slope - order) < 0.4, (name, errs, slope)
+
+
+# -- interface guarantees ------------------------------------------------------------------------------------------
+
+
+def _caller_noise(rows: int, draws: int = 64):
+    """Noise per (draw, row) from a per-row seed: a row's noise never depends on the batch it is in."""
+    table = torch.stack([torch.randn(draws, 2, generator=torch.Generator().manual_seed(100 + r), dtype=torch.float64)
+                         for r in range(rows)], 1).to(DEVICE)  # (draws, rows, 2)
+    return lambda k, x: table[k, : x.shape[0]]
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_sample_does_not_depend_on_the_rest_of_the_batch(name):
+    target, process = toy_data.ring8(), VP()
+    spec = get_sampler(name)
+    ts = spec.grid_for(process, 12)
+    noise = _caller_noise(12)
+    x = process.prior((12, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    big = spec(target.score_fn(process), process, x, ts, noise=noise)
+    small = spec(target.score_fn(process), process, x[:5], ts, noise=noise)
+    assert torch.allclose(small, big[:5], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_same_generator_same_samples_and_float64(name):
+    target, process = toy_data.ring8(), VE(0.01, 10.0)
+    spec = get_sampler(name)
+    ts = spec.grid_for(process, 15)
+    outs = []
+    for _ in range(2):
+        g = torch.Generator(device=DEVICE).manual_seed(7)
+        x = process.prior((50, 2), generator=g, dtype=torch.float64)
+        outs.append(spec(target.score_fn(process), process, x, ts, generator=g))
+    assert outs[0].dtype == torch.float64 and torch.equal(outs[0], outs[1])
+
+
+def test_ddim_with_eta_one_is_the_ancestral_sampler():
+    target, process = toy_data.ring8(), VP()
+    ts = uniform_t(process, 30)
+    x = process.prior((200, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    noise = _caller_noise(200)
+    a = ancestral(target.score_fn(process), process, x, ts, noise=noise)
+    d = ddim(target.score_fn(process), process, x, ts, eta=1.0, noise=noise)
+    assert torch.allclose(a, d, rtol=1e-9, atol=1e-9)
+    d0 = ddim(target.score_fn(process), process, x, ts, eta=0.0, noise=noise)
+    assert not torch.allclose(a, d0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("nfe", [1, 7, 30])
+def test_count_evals_matches_the_documented_nfe(name, nfe):
+    target, process = toy_data.ring8(), VP()
+    spec = get_sampler(name)
+    try:
+        ts = spec.grid_for(process, nfe)
+    except ValueError as e:
+        assert "too small" in str(e) and nfe < spec.evals_per_step + spec.extra + 1
+        return
+    score = count_evals(target.score_fn(process))
+    spec(score, process, process.prior((3, 2)), ts, generator=torch.Generator().manual_seed(0))
+    assert score.nfe == spec.nfe(len(ts) - 1) <= nfe
+
+
+def test_adaptive_probability_flow_counts_its_evaluations():
+    target, process = toy_data.ring8(), VP()
+    score = count_evals(target.score_fn(process))
+    ts = uniform_t(process, 1)
+    out = probability_flow(score, process, process.prior((100, 2)), ts, rtol=1e-4, atol=1e-4)
+    assert score.nfe > 10 and torch.isfinite(out).all()
+
+
+def test_callback_sees_every_step_and_the_final_estimate():
+    target, process = toy_data.ring8(), VP()
+    ts = karras(process, 6)
+    seen = []
+    out = heun(target.score_fn(process), process, process.prior((10, 2)), ts, callback=seen.append)
+    assert [c["i"] for c in seen] == [0, 1, 2, 3, 4, 5, 6]
+    assert all(set(c) == {"i", "t", "x", "x0"} for c in seen)
+    assert torch.allclose(seen[-1]["x0"], out)
+    assert seen[0]["t"] == pytest.approx(process.t_max)
+
+
+def test_plain_langevin_samples_a_fixed_gaussian():
+    process = VE(0.01, 10.0)
+    target = GaussianMixture.isotropic([1.0], [[1.0, -1.0]], 0.5)
+    x = torch.zeros(4000, 2, dtype=torch.float64, device=DEVICE)
+    out = langevin(target.score_fn(process), x, 0.0, 400, 0.02, generator=torch.Generator(device=DEVICE).manual_seed(0))
+    assert torch.allclose(out.mean(0).cpu(), torch.tensor([1.0, -1.0], dtype=torch.float64), atol=0.05)
+    assert torch.allclose(out.std(0).cpu(), torch.full((2,), math.sqrt(0.25 + 1e-4), dtype=torch.float64), rtol=0.05)
+
+
+# -- bad input -------------------------------------------------------------------------------------------------------
+
+
+def test_bad_grids_and_budgets():
+    target, process = toy_data.ring8(), VP()
+    score, x = target.score_fn(process), process.prior((4, 2))
+    with pytest.raises(ValueError, match=r"strictly decreasing; ts\[1\] = 0.3"):
+        ddim(score, process, x, torch.tensor([0.5, 0.3, 0.4], dtype=torch.float64))
+    with pytest.raises(ValueError, match="t = 1.5"):
+        ddim(score, process, x, torch.tensor([1.5, 0.3], dtype=torch.float64))
+    with pytest.raises(ValueError, match="NFE must be a positive integer, got 0"):
+        get_sampler("heun").steps_for(0)
+    with pytest.raises(ValueError, match="NFE = 3 is too small for annealed_langevin: it needs at least 6"):
+        get_sampler("annealed_langevin").steps_for(3)
+    with pytest.raises(ValueError, match="unknown sampler 'dpmpp'"):
+        get_sampler("dpmpp")
+    with pytest.raises(ValueError, match=r"shape \(B, ...\)"):
+        ddim(score, process, torch.tensor(1.0), uniform_t(process, 3))
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_nan_from_the_score_names_the_step(name):
+    target, process = toy_data.ring8(), VP()
+    spec = get_sampler(name)
+    ts = spec.grid_for(process, 40)
+    calls = []
+
+    def broken(x, t):
+        calls.append(1)
+        s = target.score(x, process, t)
+        return s * float("nan") if len(calls) >= 3 else s
+
+    with pytest.raises(ValueError, match=r"NaN or inf at (step \d+|ODE evaluation 3)"):
+        spec(broken, process, process.prior((4, 2)), ts, generator=torch.Generator().manual_seed(0))
