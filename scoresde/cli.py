@@ -78,6 +78,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     process = make_process(args.process)
     names = list(SAMPLERS) if args.samplers == "all" else [s.strip() for s in args.samplers.split(",")]
     specs = {name: get_sampler(name) for name in names}
+    from .schedules import GRIDS
+
+    if args.grid is not None and args.grid not in GRIDS:
+        raise ValueError(f"unknown grid {args.grid!r}; choose from {', '.join(GRIDS)}")
     budgets = _csv_ints(args.nfe, "--nfe")
     for nfe in budgets:
         if nfe < 1:
