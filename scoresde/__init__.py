@@ -31,6 +31,7 @@ from .samplers import (
     langevin,
     predictor_corrector,
     probability_flow,
+    unipc,
 )
 
 __version__ = "0.1.0"
@@ -69,4 +70,5 @@ __all__ = [
     "langevin",
     "predictor_corrector",
     "probability_flow",
+    "unipc",
 ]

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .processes import Process
 
-__all__ = ["uniform_t", "uniform_log_snr", "karras", "ddpm_steps", "check_grid", "GRIDS"]
+__all__ = ["uniform_t", "uniform_log_snr", "karras", "ddpm_steps", "jump_log_snr", "check_grid", "GRIDS"]
 
 
 def _ends(process: Process, t_min: float | None, t_max: float | None) -> tuple[float, float]:
@@ -76,7 +76,43 @@ def ddpm_steps(process: Process, n: int) -> Tensor:
     return steps / big_n
 
 
-GRIDS = {"uniform_t": uniform_t, "log_snr": uniform_log_snr, "karras": karras, "ddpm": ddpm_steps}
+def jump_log_snr(
+    process: Process,
+    n: int,
+    s1: float | None = None,
+    s2: float | None = None,
+    t_min: float | None = None,
+    t_max: float | None = None,
+) -> Tensor:
+    """n steps: t_max, then sigma/alpha = s1, then n - 1 times uniform in log-SNR from sigma/alpha = s2 to t_min.
+
+    One step jumps from the prior's noise level to s1 and one more to s2, where the data's structure appears;
+    the rest of the budget is spread uniformly in log-SNR below it (with n = 2 the tail is t_min alone).
+    Defaults: s1 = min(10, (sigma/alpha at t_max) / 2), s2 = min(2, s1 / 2). With n < 2 it is uniform_log_snr.
+    """
+    _check_steps(n)
+    if n < 2:  # nothing to jump over
+        return uniform_log_snr(process, n, t_min, t_max)
+    lo, hi = _ends(process, t_min, t_max)
+    lam_hi, lam_lo = process.log_snr(torch.tensor([hi, lo], dtype=torch.float64)).tolist()
+    r_hi, r_lo = math.exp(-0.5 * lam_hi), math.exp(-0.5 * lam_lo)  # sigma / alpha at t_max and t_min
+    s1 = min(10.0, r_hi / 2) if s1 is None else float(s1)
+    s2 = min(2.0, s1 / 2) if s2 is None else float(s2)
+    if not s1 > s2:
+        raise ValueError(f"need s1 > s2, got s1 = {s1!r}, s2 = {s2!r}")
+    # with a relative margin, so that round-off in t_from_log_snr cannot put s1 or s2 on an end time
+    if not s2 > r_lo * (1 + 1e-9):
+        raise ValueError(f"s2 = {s2!r} must exceed sigma/alpha = {r_lo:.6g} at t_min = {lo!r}")
+    if not s1 < r_hi * (1 - 1e-9):
+        raise ValueError(f"s1 = {s1!r} must be below sigma/alpha = {r_hi:.6g} at t_max = {hi!r}")
+    tail = torch.linspace(-2 * math.log(s2), lam_lo, n - 1, dtype=torch.float64).tolist() if n > 2 else [lam_lo]
+    lam = torch.tensor([lam_hi, -2 * math.log(s1)] + tail, dtype=torch.float64)
+    ts = process.t_from_log_snr(lam)
+    ts[0], ts[-1] = hi, lo  # exact ends despite round-off in the inverse
+    return ts
+
+
+GRIDS = {"uniform_t": uniform_t, "log_snr": uniform_log_snr, "karras": karras, "ddpm": ddpm_steps, "jump": jump_log_snr}
 
 
 def check_grid(process: Process, ts: Tensor) -> Tensor:

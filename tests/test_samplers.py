@@ -37,6 +37,7 @@ BUDGET = {
     "heun": 31,
     "dpm_solver_pp": 20,
     "dpm_solver_pp_3m": 20,
+    "unipc": 20,
 }
 N = 4000
 

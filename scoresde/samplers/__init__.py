@@ -16,6 +16,7 @@ from ..schedules import GRIDS
 from .langevin import annealed_langevin, langevin
 from .ode import ddim, dpm_solver_pp, euler, heun, probability_flow
 from .sde import ancestral, euler_maruyama, predictor_corrector
+from .unipc import unipc
 
 __all__ = [
     "ancestral",
@@ -28,6 +29,7 @@ __all__ = [
     "langevin",
     "predictor_corrector",
     "probability_flow",
+    "unipc",
     "SAMPLERS",
     "SamplerSpec",
     "get_sampler",
@@ -79,6 +81,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(heun, "karras", evals_per_step=2, deterministic=True),
     "dpm_solver_pp": SamplerSpec(dpm_solver_pp, "log_snr", deterministic=True),
     "dpm_solver_pp_3m": SamplerSpec(dpm_solver_pp, "log_snr", deterministic=True, options={"order": 3}),
+    "unipc": SamplerSpec(unipc, "jump", deterministic=True),
 }
 
 
