@@ -23,7 +23,6 @@ from _common import quality, reference, write_json  # noqa: E402
 from scoresde import count_evals  # noqa: E402
 from scoresde.cli import make_process  # noqa: E402
 from scoresde.samplers import SAMPLERS  # noqa: E402
-from scoresde.schedules import GRIDS  # noqa: E402
 
 
 def run(spec, target, process, nfe, n, grid=None):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Callable, Literal, Protocol
 
-import torch
 from torch import Tensor
 
 from ._utils import append_dims, as_time, check_batch_t

@@ -100,22 +100,6 @@ def test_image_shaped_data(name):
 # -- order of convergence on the probability-flow ODE ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ode_problem():
-    """x at t0 = 0.7 and the probability-flow ODE's solution at t1 = 0.1 to rtol = atol = 1e-11 (dopri5)."""
-    process = VP()
-    target = toy_data.aniso()
-    g = torch.Generator().manual_seed(5)
-    t0, t1 = 0.7, 0.1
-    x0 = target.sample(64, generator=g, dtype=torch.float64)
-    x = process.perturb(x0, t0, torch.randn(x0.shape, generator=g, dtype=torch.float64)).to(DEVICE)
-    score = target.score_fn(process)
-    ref = probability_flow(
-        score, process, x, torch.tensor([t0, t1], dtype=torch.float64), rtol=1e-11, atol=1e-11, denoise=False
-    )
-    return process, score, x, t0, t1, ref
-
-
 SOLVERS = {
     "ddim": (lambda s, p, x, ts: ddim(s, p, x, ts, denoise=False), 1),
     "euler": (lambda s, p, x, ts: euler(s, p, x, ts, denoise=False), 1),

@@ -10,7 +10,7 @@ import torch
 import toy_data
 from scoresde import VE, VP, count_evals
 from scoresde.metrics import log_density_gap, sliced_wasserstein
-from scoresde.samplers import ddim, dpm_solver_pp, probability_flow
+from scoresde.samplers import ddim, dpm_solver_pp
 from scoresde.samplers.unipc import _exp_lagrange_weights, unipc
 from scoresde.schedules import jump_log_snr, uniform_log_snr
 
@@ -102,22 +102,6 @@ def test_matches_the_step_by_step_reference(process, options, denoise):
 
 
 # -- order of convergence on the probability-flow ODE ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ode_problem():
-    """x at t0 = 0.7 and the probability-flow ODE's solution at t1 = 0.1 to rtol = atol = 1e-11 (dopri5)."""
-    process = VP()
-    target = toy_data.aniso()
-    g = torch.Generator().manual_seed(5)
-    t0, t1 = 0.7, 0.1
-    x0 = target.sample(64, generator=g, dtype=torch.float64)
-    x = process.perturb(x0, t0, torch.randn(x0.shape, generator=g, dtype=torch.float64)).to(DEVICE)
-    score = target.score_fn(process)
-    ref = probability_flow(
-        score, process, x, torch.tensor([t0, t1], dtype=torch.float64), rtol=1e-11, atol=1e-11, denoise=False
-    )
-    return process, score, x, t0, t1, ref
 
 
 # (order, corrector) -> declared order of convergence: the predictor's order, one more with the corrector.

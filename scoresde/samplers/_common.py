@@ -95,6 +95,16 @@ def report(callback: Callback | None, i: int, t: float, x: Tensor, score: Tensor
         callback({"i": i, "t": t, "x": x, "x0": tweedie(x, score, alpha, sigma)})
 
 
+def final_denoise(score, x: Tensor, grid: Grid, check: FiniteCheck, k: int, callback: Callback | None) -> Tensor:
+    """The last evaluation (denoise=True): Tweedie's x0 at ts[-1], recorded as evaluation k."""
+    n = len(grid.ts) - 1
+    t = float(grid.ts[n])
+    s = score(x, grid.t[n])
+    check(k, s, n, t)
+    report(callback, n, t, x, s, grid.alpha[n], grid.sigma[n])
+    return tweedie(x, s, grid.alpha[n], grid.sigma[n])
+
+
 def first_order_loop(
     score,
     x: Tensor,
@@ -124,9 +134,6 @@ def first_order_loop(
         if C[i] != 0:
             x.add_(draw(i, x), alpha=C[i])
     if denoise:
-        s = score(x, grid.t[n])
-        check(n, s, n, times[n])
-        report(callback, n, times[n], x, s, grid.alpha[n], grid.sigma[n])
-        x = tweedie(x, s, grid.alpha[n], grid.sigma[n])
+        x = final_denoise(score, x, grid, check, n, callback)
     check.raise_if_bad()
     return x

@@ -7,8 +7,8 @@ from torch import Tensor
 
 from .._utils import as_time, check_positive
 from ..processes import Process
-from ..score import ScoreFn, tweedie
-from ._common import Callback, FiniteCheck, NoiseFn, noise_source, prepare, report, steps
+from ..score import ScoreFn
+from ._common import Callback, FiniteCheck, NoiseFn, final_denoise, noise_source, prepare, report, steps
 
 __all__ = ["annealed_langevin", "langevin"]
 
@@ -53,9 +53,7 @@ def annealed_langevin(
             x = x.add(s, alpha=e[i] / 2).add_(draw(k, x), alpha=e[i] ** 0.5)
             k += 1
     if denoise:
-        s = score(x, g.t[-1])
-        check(k, s, n - 1, times[-1])
-        x = tweedie(x, s, g.alpha[-1], g.sigma[-1])
+        x = final_denoise(score, x, g, check, k, callback)
     check.raise_if_bad()
     return x
 

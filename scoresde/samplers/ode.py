@@ -10,7 +10,17 @@ from torch import Tensor
 
 from ..processes import Process
 from ..score import ScoreFn, tweedie
-from ._common import Callback, FiniteCheck, NoiseFn, first_order_loop, noise_source, prepare, report, steps
+from ._common import (
+    Callback,
+    FiniteCheck,
+    NoiseFn,
+    final_denoise,
+    first_order_loop,
+    noise_source,
+    prepare,
+    report,
+    steps,
+)
 
 __all__ = ["ddim", "dpm_solver_pp", "heun", "euler", "probability_flow"]
 
@@ -125,10 +135,7 @@ def dpm_solver_pp(
             x.add_(d2, alpha=b2)
         d1, d2 = d0, d1
     if denoise:
-        s = score(x, g.t[n])
-        check(n, s, n, times[n])
-        report(callback, n, times[n], x, s, g.alpha[n], g.sigma[n])
-        x = tweedie(x, s, g.alpha[n], g.sigma[n])
+        x = final_denoise(score, x, g, check, n, callback)
     check.raise_if_bad()
     return x
 
@@ -197,10 +204,7 @@ def _edm(
         y = y.add(s, alpha=-0.5 * s_i * dt).add_(s2, alpha=-0.5 * g.sigma[i + 1] * dt)
     x = y * g.alpha[n]
     if denoise:
-        s = score(x, g.t[n])
-        check(k, s, n, times[n])
-        report(callback, n, times[n], x, s, g.alpha[n], g.sigma[n])
-        x = tweedie(x, s, g.alpha[n], g.sigma[n])
+        x = final_denoise(score, x, g, check, k, callback)
     check.raise_if_bad()
     return x
 
@@ -308,9 +312,6 @@ def probability_flow(
             raise ValueError(f"the score returned NaN or inf at ODE evaluation {k + 1}")
     if denoise:
         check = FiniteCheck(x, 1)
-        s = score(x, g.t[n])
-        check(0, s, n, g.ts[n].item())
-        report(callback, n, g.ts[n].item(), x, s, g.alpha[n], g.sigma[n])
-        x = tweedie(x, s, g.alpha[n], g.sigma[n])
+        x = final_denoise(score, x, g, check, 0, callback)
         check.raise_if_bad()
     return x

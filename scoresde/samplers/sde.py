@@ -6,8 +6,18 @@ import torch
 from torch import Tensor
 
 from ..processes import Process
-from ..score import ScoreFn, tweedie
-from ._common import Callback, FiniteCheck, NoiseFn, first_order_loop, noise_source, prepare, report, steps
+from ..score import ScoreFn
+from ._common import (
+    Callback,
+    FiniteCheck,
+    NoiseFn,
+    final_denoise,
+    first_order_loop,
+    noise_source,
+    prepare,
+    report,
+    steps,
+)
 
 __all__ = ["ancestral", "euler_maruyama", "predictor_corrector"]
 
@@ -130,9 +140,6 @@ def predictor_corrector(
             step = step.reshape((-1,) + (1,) * (x.ndim - 1))
             x = x + step * s + (2 * step).sqrt() * z
     if denoise:
-        s = score(x, g.t[n])
-        check(k, s, n, times[n])
-        report(callback, n, times[n], x, s, g.alpha[n], g.sigma[n])
-        x = tweedie(x, s, g.alpha[n], g.sigma[n])
+        x = final_denoise(score, x, g, check, k, callback)
     check.raise_if_bad()
     return x

@@ -12,7 +12,7 @@ from ..processes import Process
 from ..score import ScoreFn, tweedie
 from ._common import Callback, FiniteCheck, NoiseFn, prepare, report, steps
 
-__all__ = ["unipc", "jump_log_snr"]
+__all__ = ["unipc"]
 
 _SERIES_BELOW = 1.0  # moments by their power series for h below this, by the (then stable) recurrence above
 
