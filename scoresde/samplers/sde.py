@@ -51,6 +51,14 @@ def ancestral(
     )
 
 
+def _em_coefficients(process: Process, ts: Tensor) -> tuple[list, list, list]:
+    """Per step (A, B, C) of x_s = A x + B score + C z: Euler-Maruyama on the reverse SDE from t to s < t."""
+    t_ = ts[:-1]
+    h = ts[1:] - t_  # negative
+    f, g2 = process.f(t_), process.g2(t_)
+    return (1 + f * h).tolist(), (-g2 * h).tolist(), (g2 * -h).sqrt().tolist()
+
+
 def euler_maruyama(
     score: ScoreFn,
     process: Process,
@@ -65,12 +73,7 @@ def euler_maruyama(
 ) -> Tensor:
     """Euler-Maruyama on the reverse SDE dx = [f x - g² score] dt + g dw (Song et al. 2021). NFE = len(ts) - 1 + denoise."""
     g = prepare(process, x, ts)
-    t_ = g.ts[:-1]
-    h = g.ts[1:] - t_  # negative
-    f, g2 = process.f(t_), process.g2(t_)
-    A = (1 + f * h).tolist()
-    B = (-g2 * h).tolist()
-    C = (g2 * -h).sqrt().tolist()
+    A, B, C = _em_coefficients(process, g.ts)
     draw = noise_source(generator, noise)
     return first_order_loop(
         score, x, g, A, B, C, draw=draw, callback=callback, denoise=denoise, progress=progress, desc="euler_maruyama"
@@ -112,9 +115,7 @@ def predictor_corrector(
     if predictor == "reverse_diffusion":
         A, B, C = (2 - alpha_ts).tolist(), (sigma_ts**2).tolist(), sigma_ts.tolist()
     else:
-        h = s_ - t_
-        f, g2 = process.f(t_), process.g2(t_)
-        A, B, C = (1 + f * h).tolist(), (-g2 * h).tolist(), (g2 * -h).sqrt().tolist()
+        A, B, C = _em_coefficients(process, g.ts)
     a_corr = (alpha_ts**2).tolist()
     max_step = (process.sigma(s_) ** 2).tolist()
     draw = noise_source(generator, noise)
