@@ -1,0 +1,118 @@
+"""Denoising score matching: E_t E_{x0, eps} [lambda(t) ||s(x_t, t) + eps / sigma(t)||²].
+
+With lambda(t) = sigma(t)² (the default) the objective is the eps-prediction loss ||eps_hat - eps||², where
+eps_hat = -sigma s is what the network's output converts to (score.py's `to_eps`), whatever it predicts.
+The other weightings are the likelihood weighting lambda = g(t)² (Song et al. 2021, "Maximum likelihood
+training of score-based diffusion models"; then the loss bounds the negative log-likelihood) and no weighting.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._utils import append_dims
+from .processes import DiscreteVP, Process
+from .score import to_eps
+
+__all__ = ["WEIGHTINGS", "sample_t", "dsm_loss", "ImportanceSampler"]
+
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+
+
+def sample_t(process: Process, n: int, *, generator: torch.Generator | None = None, device=None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
+    """Training times: uniform on [t_min, t_max]; uniform over the integer steps 1..N for DiscreteVP."""
+    if isinstance(process, DiscreteVP):
+        i = torch.randint(1, process.num_steps + 1, (n,), generator=generator, device=device)
+        return i.to(dtype) / process.num_steps
+    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    return u.mul_(process.t_max - process.t_min).add_(process.t_min)
+
+
+class ImportanceSampler:
+    """Draws t with density q(t) ∝ g(t)² / sigma(t)² (the likelihood weighting relative to the eps loss).
+
+    Then lambda(t) ||s + eps/sigma||² / (q(t) (t_max - t_min)) = Z ||eps_hat - eps||² / (t_max - t_min): a
+    constant weight, so the likelihood-weighted loss has the variance of the plain eps loss (Song et al. 2021,
+    Sec. 5). The inverse CDF is tabulated once on a fine CPU grid and looked up on the device.
+    """
+
+    def __init__(self, process: Process, grid: int = 4096):
+        if isinstance(process, DiscreteVP):
+            raise ValueError("importance sampling of t is for continuous processes; DiscreteVP samples steps")
+        t = torch.linspace(process.t_min, process.t_max, grid, dtype=torch.float64)
+        w = process.g2(t) / process.sigma(t) ** 2
+        cdf = torch.cat([t.new_zeros(1), torch.cumsum(0.5 * (w[1:] + w[:-1]) * t.diff(), 0)])
+        self.z = float(cdf[-1])
+        self.span = process.t_max - process.t_min
+        self.t, self.cdf = t, cdf / cdf[-1]
+        self._cache: dict = {}
+
+    def __call__(self, n: int, *, generator=None, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+        """n times and their per-sample weights lambda(t) / (sigma² q(t) span) (a constant Z / span)."""
+        key = (torch.device(device) if device is not None else torch.device("cpu"), dtype)
+        if key not in self._cache:
+            self._cache[key] = (self.t.to(device=key[0], dtype=dtype), self.cdf.to(device=key[0], dtype=dtype))
+        t, cdf = self._cache[key]
+        u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+        j = torch.searchsorted(cdf, u).clamp_(1, cdf.numel() - 1)
+        c0, c1, t0, t1 = cdf[j - 1], cdf[j], t[j - 1], t[j]
+        ts = t0 + (t1 - t0) * (u - c0) / (c1 - c0).clamp_min(1e-30)
+        return ts, torch.full_like(ts, self.z / self.span)
+
+
+def dsm_loss(
+    net: Callable[..., Tensor],
+    process: Process,
+    x0: Tensor,
+    *,
+    output: str = "eps",
+    weighting: str = "sigma2",
+    t: Tensor | None = None,
+    eps: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    importance: ImportanceSampler | None = None,
+    reduce: str = "mean",
+    **net_kwargs,
+) -> Tensor:
+    """Per-sample denoising score matching loss of net(x_t, sigma(t), **net_kwargs), which predicts `output`.
+
+    lambda(t) = sigma² ("sigma2", the eps-prediction loss), g² ("likelihood") or 1 ("none"); t is drawn by
+    `sample_t` (or by `importance`, likelihood weighting only) unless given. `reduce` averages ("mean") or sums
+    ("sum", as in the likelihood bound) over the data dimensions. Returns a (B,) tensor.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if importance is not None and weighting != "likelihood":
+        raise ValueError(f"importance sampling of t is for the likelihood weighting, not {weighting!r}")
+    b = x0.shape[0]
+    weight = None
+    if t is None:
+        if importance is not None:
+            t, weight = importance(b, generator=generator, device=x0.device, dtype=x0.dtype)
+        else:
+            t = sample_t(process, b, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif t.shape != (b,):
+        raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
+    else:
+        process.check_t(t)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    alpha, sigma = process._alpha(t), process._sigma(t)  # t is in range by construction or checked by the caller
+    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
+    out = net(x_t, sigma, **net_kwargs)
+    eps_hat = out if output == "eps" else to_eps(output, out, x_t, alpha, sigma)
+    err = (eps_hat - eps).square().flatten(1)
+    loss = err.mean(1) if reduce == "mean" else err.sum(1)
+    if weight is not None:
+        return loss * weight
+    if weighting == "likelihood":
+        return loss * (process._g2(t) / sigma.square())
+    if weighting == "none":
+        return loss / sigma.square()
+    return loss

@@ -1,0 +1,122 @@
+"""Denoising score matching against closed forms: a Gaussian target's optimal eps loss, weightings, t sampling."""
+
+import math
+
+import pytest
+import torch
+
+import toy_data
+from scoresde import VE, VP, DiscreteVP, SubVP
+from scoresde.losses import ImportanceSampler, dsm_loss, sample_t
+from scoresde.score import convert
+
+from .conftest import DEVICE
+
+
+def _exact_net(mixture, process, kind):
+    """A 'network' net(x, sigma) returning the exact prediction of the given kind (t recovered from sigma)."""
+
+    def net(x, sigma):
+        t = net.t  # set by the test: the times the loss was asked to use
+        s = mixture.score(x, process, t)
+        return convert(s, x, process._alpha(t), process._sigma(t), src="score", dst=kind)
+
+    return net
+
+
+@pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0), SubVP()], ids=repr)
+def test_eps_loss_of_the_exact_score_is_the_posterior_variance(process):
+    """For x0 ~ N(0, s² I): the optimal eps loss at t is Var(eps | x_t) = alpha² s²/(alpha² s² + sigma²) per dim."""
+    s2 = 0.7**2
+    target = toy_data.GaussianMixture([1.0], torch.zeros(1, 3), s2 * torch.eye(3)[None])
+    g = torch.Generator(DEVICE).manual_seed(0)
+    n = 40000
+    for t0 in (0.1, 0.5, 0.9):
+        t = torch.full((n,), t0, dtype=torch.float64, device=DEVICE)
+        x0 = target.sample(n, generator=g, dtype=torch.float64)
+        net = _exact_net(target, process, "eps")
+        net.t = t
+        loss = dsm_loss(net, process, x0, t=t, generator=g)
+        a, s = float(process.alpha(t0)), float(process.sigma(t0))
+        expected = a**2 * s2 / (a**2 * s2 + s**2)
+        se = float(loss.std()) / math.sqrt(n)
+        assert abs(float(loss.mean()) - expected) < 4 * se + 1e-12, (t0, float(loss.mean()), expected)
+
+
+@pytest.mark.parametrize("kind", ["score", "x0", "v"])
+def test_every_output_kind_gives_the_same_loss(kind):
+    process = VP()
+    target = toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(1)
+    x0 = target.sample(256, generator=g, dtype=torch.float64)
+    t = sample_t(process, 256, generator=g, device=DEVICE, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    ref_net, net = _exact_net(target, process, "eps"), _exact_net(target, process, kind)
+    ref_net.t = net.t = t
+    ref = dsm_loss(ref_net, process, x0, t=t, eps=eps)
+    got = dsm_loss(net, process, x0, t=t, eps=eps, output=kind)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_weightings_are_sigma2_g2_and_one():
+    """lambda ||s + eps/sigma||²: sigma² gives the eps loss, g² the likelihood weighting, 1 the raw DSM loss."""
+    process = VP()
+    g = torch.Generator(DEVICE).manual_seed(2)
+    x0 = torch.randn(64, 2, generator=g, device=DEVICE, dtype=torch.float64)
+    t = sample_t(process, 64, generator=g, device=DEVICE, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    zero = lambda x, sigma: torch.zeros_like(x)  # noqa: E731  score 0: ||eps/sigma||²
+    for w, lam in (("sigma2", process.sigma(t) ** 2), ("likelihood", process.g2(t)), ("none", torch.ones_like(t))):
+        got = dsm_loss(zero, process, x0, t=t, eps=eps, output="score", weighting=w)
+        expected = lam * (eps / process.sigma(t)[:, None]).square().mean(1)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+    summed = dsm_loss(zero, process, x0, t=t, eps=eps, output="score", reduce="sum")
+    torch.testing.assert_close(summed, eps.square().sum(1))
+
+
+def test_sample_t_ranges_and_discrete_steps():
+    g = torch.Generator(DEVICE).manual_seed(3)
+    p = VP()
+    t = sample_t(p, 10000, generator=g, device=DEVICE, dtype=torch.float64)
+    assert float(t.min()) >= p.t_min and float(t.max()) <= p.t_max
+    assert abs(float(t.mean()) - 0.5 * (p.t_min + p.t_max)) < 0.01
+    d = DiscreteVP.linear(100)
+    t = sample_t(d, 10000, generator=g, device=DEVICE, dtype=torch.float64)
+    steps = t * 100
+    torch.testing.assert_close(steps, steps.round(), rtol=0, atol=1e-9)
+    assert int(steps.min()) == 1 and int(steps.max()) == 100
+
+
+def test_importance_sampling_is_unbiased_for_the_likelihood_weighting():
+    """E_q[Z/T ||eps_hat - eps||²] = E_uniform[(g²/sigma²) ||eps_hat - eps||²] for a fixed predictor."""
+    process = VP()
+    imp = ImportanceSampler(process)
+    g = torch.Generator(DEVICE).manual_seed(4)
+    n = 200000
+    half = lambda x, sigma: 0.5 * x  # noqa: E731  some fixed eps-predictor
+    x0 = torch.randn(n, 2, generator=g, device=DEVICE, dtype=torch.float64) * 0.5
+    a = dsm_loss(half, process, x0, weighting="likelihood", generator=g)
+    b = dsm_loss(half, process, x0, weighting="likelihood", generator=g, importance=imp)
+    se = math.sqrt(float(a.var()) / n + float(b.var()) / n)
+    assert abs(float(a.mean()) - float(b.mean())) < 4 * se, (float(a.mean()), float(b.mean()), se)
+    assert float(b.var()) < float(a.var()) / 10  # the point of importance sampling
+    ts, _ = imp(n, generator=g, device=DEVICE, dtype=torch.float64)
+    assert float(ts.min()) >= process.t_min - 1e-12 and float(ts.max()) <= process.t_max + 1e-12
+
+
+def test_bad_input():
+    p = VP()
+    x0 = torch.zeros(4, 2, device=DEVICE)
+    net = lambda x, sigma: x  # noqa: E731
+    with pytest.raises(ValueError, match="'lambda2'"):
+        dsm_loss(net, p, x0, weighting="lambda2")
+    with pytest.raises(ValueError, match="'median'"):
+        dsm_loss(net, p, x0, reduce="median")
+    with pytest.raises(ValueError, match="shape"):
+        dsm_loss(net, p, x0, t=torch.full((3,), 0.5, device=DEVICE))
+    with pytest.raises(ValueError, match="t = 2.0"):
+        dsm_loss(net, p, x0.cpu(), t=torch.full((4,), 2.0))
+    with pytest.raises(ValueError, match="likelihood"):
+        dsm_loss(net, p, x0, importance=ImportanceSampler(p))
+    with pytest.raises(ValueError, match="DiscreteVP"):
+        ImportanceSampler(DiscreteVP.linear(100))
