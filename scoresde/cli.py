@@ -6,23 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PROCESSES = ("vp", "ve", "subvp", "ddpm", "ddpm-cosine")
-
-
-def make_process(name: str):
-    """Process by CLI name (the name -> object table lives here, at the edge)."""
-    from . import VE, VP, DiscreteVP, SubVP
-
-    table = {
-        "vp": VP,
-        "ve": lambda: VE(0.01, 10.0),
-        "subvp": SubVP,
-        "ddpm": DiscreteVP.linear,
-        "ddpm-cosine": DiscreteVP.cosine,
-    }
-    if name not in table:
-        raise ValueError(f"unknown process {name!r}; choose from {', '.join(PROCESSES)}")
-    return table[name]()
+from .train import PROCESSES, make_process  # noqa: F401  (the name -> object tables live with the checkpoints)
 
 
 def _cmd_targets(args: argparse.Namespace) -> None:
@@ -69,13 +53,29 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from .samplers import SAMPLERS, get_sampler
     from .samplers._common import steps as progress_steps
 
-    target = toy_data.get(args.target)
-    if not isinstance(target, toy_data.GaussianMixture):
-        raise ValueError(
-            f"target {args.target!r} has no exact score; choose from {', '.join(toy_data.MIXTURES)} "
-            "(learned scores come with --checkpoint)"
-        )
-    process = make_process(args.process)
+    if args.checkpoint is not None:
+        from .train import load_model, make_data
+
+        model = load_model(args.checkpoint, device=args.device)
+        process, target_name = model.process, model.config.data
+        target = make_data(model.config.data, model.config.data_root)
+        if len(target.event_shape) != 1:
+            raise ValueError(f"compare measures 2D/point data; {target_name!r} has event shape {target.event_shape}")
+        make_score = model.score_fn
+        source = f"learned score {model.config.net.get('name')} at step {model.step} ({args.checkpoint})"
+        dev = torch.device(args.device)
+    else:
+        target = toy_data.get(args.target)
+        if not isinstance(target, toy_data.GaussianMixture):
+            raise ValueError(
+                f"target {args.target!r} has no exact score; choose from {', '.join(toy_data.MIXTURES)} "
+                "(learned scores come with --checkpoint)"
+            )
+        process, target_name = make_process(args.process), args.target
+        make_score = lambda: target.score_fn(process)  # noqa: E731
+        source = "exact score"
+        dev = torch.device("cpu")
+    exact_density = isinstance(target, toy_data.GaussianMixture)
     names = list(SAMPLERS) if args.samplers == "all" else [s.strip() for s in args.samplers.split(",")]
     specs = {name: get_sampler(name) for name in names}
     from .schedules import GRIDS
@@ -101,8 +101,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     def measure(x):
         row = {m: float(f(x, ref)) for m, f in metric_fns.items()}
-        gap, se = log_density_gap(target.log_prob, x, ref)
-        row.update(logp_gap=float(gap), logp_gap_se=float(se))
+        if exact_density:
+            gap, se = log_density_gap(target.log_prob, x, ref)
+            row.update(logp_gap=float(gap), logp_gap_se=float(se))
         return row
 
     floors = measure(ref2)
@@ -116,34 +117,36 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         except ValueError as e:
             print(f"skip {name} at NFE {budget}: {e}", file=sys.stderr)
             continue
-        score = count_evals(target.score_fn(process))
+        score = count_evals(make_score())
         g = torch.Generator().manual_seed(args.seed + 1)
-        x = process.prior((args.n,) + target.event_shape, generator=g, dtype=dtype)
+        x = process.prior((args.n,) + target.event_shape, generator=g, dtype=dtype).to(dev)
         t0 = time.perf_counter()
-        out = spec(score, process, x, ts, generator=g)
+        out = spec(score, process, x, ts, generator=None if dev.type != "cpu" else g).cpu()
         seconds = time.perf_counter() - t0
         row = {"sampler": name, "budget": budget, "nfe": score.nfe, "grid": args.grid or spec.grid,
                "seconds": seconds, **measure(out)}
         records.append(row)
         samples[(name, budget)] = out
-    cols = ["sliced_w2", "mmd", "energy", "logp_gap"]
+    cols = ["sliced_w2", "mmd", "energy"] + (["logp_gap"] if exact_density else [])
     header = f"{'sampler':20s} {'grid':9s} {'NFE':>4s} " + " ".join(f"{c:>10s}" for c in cols) + f" {'seconds':>8s}"
-    print(f"{args.target} under {process!r}, n = {args.n} (mmd, energy: first {pair_n})")
+    print(f"{target_name} under {process!r}, {source}, n = {args.n} (mmd, energy: first {pair_n})")
     print(header)
     print(f"{'noise floor':20s} {'':9s} {'':>4s} " + " ".join(f"{floors[c]:10.4g}" for c in cols)
-          + f"   (logp gap SE {floors['logp_gap_se']:.3g})")
+          + (f"   (logp gap SE {floors['logp_gap_se']:.3g})" if exact_density else ""))
     for r in records:
         print(f"{r['sampler']:20s} {r['grid']:9s} {r['nfe']:4d} " + " ".join(f"{r[c]:10.4g}" for c in cols)
               + f" {r['seconds']:8.2f}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(
-        {"target": args.target, "process": repr(process), "n": args.n, "seed": args.seed, "floors": floors,
+        {"target": target_name, "source": source, "process": repr(process), "n": args.n, "seed": args.seed, "floors": floors,
          "records": records}, indent=2))
     plot_sample_grid(samples, ref, out_dir / "samples.png")
     plot_quality_vs_nfe(records, floors, cols, out_dir / "quality_vs_nfe.png")
     written = ["results.json", "samples.png", "quality_vs_nfe.png"]
     if args.score_field:
+        if not exact_density:
+            raise ValueError("--score-field draws the exact score; it needs a Gaussian-mixture target")
         plot_score_fields({args.target: target}, process, [0.02, 0.1, 0.3], out_dir / "score_field.png")
         written.append("score_field.png")
     if args.trajectories:
@@ -155,13 +158,157 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                 continue
             pts = []
             g = torch.Generator().manual_seed(args.seed + 2)
-            x = process.prior((64,) + target.event_shape, generator=g, dtype=dtype)
-            spec(target.score_fn(process), process, x, spec.grid_for(process, budget, args.grid), generator=g,
-                 callback=lambda info: pts.append(info["x"].clone()))
+            x = process.prior((64,) + target.event_shape, generator=g, dtype=dtype).to(dev)
+            spec(make_score(), process, x, spec.grid_for(process, budget, args.grid),
+                 generator=None if dev.type != "cpu" else g, callback=lambda info: pts.append(info["x"].cpu()))
             paths[f"{name} (NFE {budget})"] = torch.stack(pts)
         plot_trajectories(paths, ref, out_dir / "trajectories.png")
         written.append("trajectories.png")
     print(f"wrote {', '.join(str(out_dir / w) for w in written)}")
+
+
+def _net_config(args: argparse.Namespace, data) -> dict:
+    """Network config from CLI flags and the data (its shape, classes and scale)."""
+    import torch
+
+    g = torch.Generator().manual_seed(args.seed)
+    probe = data.sample(4096, generator=g)
+    sigma_data = round(float(probe.std()), 3)
+    num_classes = 0
+    if args.conditional:
+        num_classes = int(getattr(data, "num_classes", 0) or 0)
+        if num_classes < 1:
+            raise ValueError(f"--conditional needs labelled data; {args.data!r} has no labels")
+    shape = tuple(data.event_shape)
+    if args.net == "mlp":
+        if len(shape) != 1:
+            raise ValueError(f"the mlp network takes vectors; {args.data!r} has event shape {shape}: use --net unet")
+        return {"name": "mlp", "dim": shape[0], "width": args.width, "depth": args.depth, "emb_dim": args.emb_dim,
+                "embedding": args.embedding, "output": args.output, "num_classes": num_classes,
+                "sigma_data": sigma_data}
+    if args.net == "unet":
+        if len(shape) != 3:
+            raise ValueError(f"the unet network takes images (C, H, W); {args.data!r} has event shape {shape}")
+        return {"name": "unet", "in_channels": shape[0], "image_size": shape[1], "channels": args.width,
+                "output": args.output, "num_classes": num_classes, "sigma_data": sigma_data}
+    raise ValueError(f"unknown network {args.net!r}; choose mlp or unet")
+
+
+def _save_samples(x, out: Path, reference=None, title: str = "") -> list[Path]:
+    """PNG (scatter for points, grid for images) plus .pt and .npy of the samples next to it."""
+    import numpy as np
+    import torch
+
+    from .plotting import plot_image_grid, plot_points
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = x.detach().cpu()
+    png = out if out.suffix == ".png" else out.with_suffix(".png")
+    if x.ndim == 2:
+        plot_points(x, png, reference=reference, title=title)
+    else:
+        plot_image_grid(x, png, title=title)
+    pt, npy = png.with_suffix(".pt"), png.with_suffix(".npy")
+    torch.save(x, pt)
+    np.save(npy, x.numpy())
+    return [png, pt, npy]
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .train import TrainConfig, Model, latest_checkpoint, load_checkpoint, make_data, train
+
+    out = Path(args.out)
+    if args.resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out}")
+        config = load_checkpoint(ckpt)["config"]
+        if args.steps is not None:
+            config.steps = args.steps
+        print(f"resuming {ckpt} to step {config.steps}")
+    else:
+        if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+            raise ValueError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
+        data = make_data(args.data, args.data_root)
+        config = TrainConfig(
+            data=args.data, data_root=args.data_root, process=args.process, net=_net_config(args, data),
+            steps=args.steps if args.steps is not None else 2000, batch=args.batch, lr=args.lr,
+            optimizer=args.optimizer, warmup=args.warmup, clip=args.clip if args.clip > 0 else None, ema=args.ema,
+            weighting=args.weighting, importance=args.importance,
+            label_dropout=args.label_dropout if args.conditional else 0.0, seed=args.seed, device=args.device,
+            checkpoint_every=args.checkpoint_every,
+        )
+    make_process(config.process)  # fail early on a bad name
+    result = train(config, out, resume=args.resume)
+    tail = result.losses[-config.log_every:] or [float("nan")]
+    print(f"trained {config.data} on {config.process} to step {result.step} in {result.seconds:.1f} s; "
+          f"loss {sum(tail) / len(tail):.4f}; checkpoint {latest_checkpoint(out)}")
+    if args.preview:
+        from .samplers import get_sampler
+
+        model = Model(result.ema.eval(), result.process, config, result.step)
+        spec = get_sampler("dpm_solver_pp")
+        g = torch.Generator().manual_seed(config.seed)
+        n = 2000 if len(model.event_shape) == 1 else 64
+        x = result.process.prior((n,) + model.event_shape, generator=g).to(model.device)
+        labels = None
+        if model.num_classes:
+            labels = torch.arange(n, device=model.device) % model.num_classes
+        score = model.score_fn(labels)
+        samples = spec(score, result.process, x, spec.grid_for(result.process, 20), generator=g if
+                       model.device.type == "cpu" else None)
+        data = make_data(config.data, config.data_root)
+        ref = data.sample(n, generator=g) if len(model.event_shape) == 1 else None
+        written = _save_samples(samples, out / "samples.png", reference=ref, title=f"step {result.step}")
+        print(f"wrote {written[0]}")
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .samplers import get_sampler
+    from .train import load_model
+
+    model = load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+    process = model.process
+    spec = get_sampler(args.sampler)
+    if args.n < 1:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    ts = spec.grid_for(process, args.nfe, args.grid)
+    labels = None
+    if args.label is not None:
+        if model.num_classes == 0:
+            raise ValueError("--label needs a class-conditional model (trained with --conditional)")
+        if not 0 <= args.label < model.num_classes:
+            raise ValueError(f"--label {args.label} is outside [0, {model.num_classes - 1}]")
+    score_for = _guided_score(args, model)
+    g = torch.Generator().manual_seed(args.seed)
+    batches = []
+    for start in range(0, args.n, args.batch):
+        b = min(args.batch, args.n - start)
+        x = process.prior((b,) + model.event_shape, generator=g).to(model.device)
+        if args.label is not None:
+            labels = torch.full((b,), args.label, dtype=torch.long, device=model.device)
+        batches.append(spec(score_for(labels), process, x, ts, generator=g if model.device.type == "cpu" else None,
+                            progress=None).cpu())
+    samples = torch.cat(batches)
+    ref = None
+    if samples.ndim == 2:
+        from .train import make_data
+
+        ref = make_data(model.config.data, model.config.data_root).sample(min(args.n, 5000), generator=g)
+    title = f"{args.sampler}, NFE {spec.nfe(len(ts) - 1)}" + (f", label {args.label}" if args.label is not None else "")
+    written = _save_samples(samples, Path(args.out), reference=ref, title=title)
+    print(f"wrote {', '.join(str(w) for w in written)}")
+
+
+def _guided_score(args: argparse.Namespace, model):
+    """labels -> ScoreFn: the model's score, guided as the flags ask."""
+    if args.guidance == "none":
+        return model.score_fn
+    raise ValueError(f"unknown guidance {args.guidance!r}; choose none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,17 +334,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float64", action="store_true", help="sample in float64")
     p.add_argument("--score-field", action="store_true", help="also plot the exact score field")
     p.add_argument("--trajectories", action="store_true", help="also plot sample trajectories")
+    p.add_argument("--checkpoint", default=None, help="compare on a trained model's score (run directory)")
+    p.add_argument("--device", default="cpu", help="device for the learned model (with --checkpoint)")
     p.add_argument("--out", default="runs/compare", type=Path)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("train", help="train a score network by denoising score matching")
+    p.add_argument("--data", default="moons", help="2D toy data (ring8, moons, ...) or images (digits, ...)")
+    p.add_argument("--data-root", default=None, help="folder of local image files (mnist, cifar10, folder)")
+    p.add_argument("--process", default="vp", help=f"one of {', '.join(PROCESSES)}")
+    p.add_argument("--net", default="mlp", help="mlp (points) or unet (images)")
+    p.add_argument("--width", type=int, default=128, help="MLP width, or UNet base channels")
+    p.add_argument("--depth", type=int, default=3, help="MLP residual layers")
+    p.add_argument("--emb-dim", type=int, default=64, help="sigma embedding size")
+    p.add_argument("--embedding", default="sinusoidal", help="sinusoidal or fourier features of log sigma")
+    p.add_argument("--output", default="eps", help="what the network predicts: eps, x0, v or score")
+    p.add_argument("--conditional", action="store_true", help="class-conditional network (labelled data)")
+    p.add_argument("--label-dropout", type=float, default=0.15, help="null-label probability (with --conditional)")
+    p.add_argument("--steps", type=int, default=None, help="total training steps (default 2000)")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--optimizer", default="adam", help="adam or adamw")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights")
+    p.add_argument("--weighting", default="sigma2", help="sigma2 (eps loss), likelihood (g²) or none")
+    p.add_argument("--importance", action="store_true", help="importance-sample t (likelihood weighting)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--no-preview", dest="preview", action="store_false", help="skip samples.png after training")
+    p.add_argument("--out", default="runs/train", type=Path)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample a trained model: PNG plus .pt and .npy")
+    p.add_argument("--checkpoint", required=True, help="run directory (or one checkpoint directory)")
+    p.add_argument("--sampler", default="dpm_solver_pp")
+    p.add_argument("--nfe", type=int, default=20)
+    p.add_argument("--grid", default=None, help="override the sampler's time grid")
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=10000, help="samples per sampler call")
+    p.add_argument("--label", type=int, default=None, help="class label (class-conditional models)")
+    p.add_argument("--guidance", default="none", help="none, cfg or classifier")
+    p.add_argument("--w", type=float, default=1.0, help="classifier-free guidance weight")
+    p.add_argument("--classifier", default=None, help="noise-aware classifier run directory")
+    p.add_argument("--scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="samples.png", type=Path)
+    p.set_defaults(func=_cmd_sample)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .train import NonFiniteLossError
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, NonFiniteLossError) as e:
         print(f"scoresde {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

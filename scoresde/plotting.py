@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -128,4 +129,43 @@ def plot_trajectories(paths: Mapping[str, torch.Tensor], reference: torch.Tensor
             ax.plot(p[:, j, 0], p[:, j, 1], lw=0.5, alpha=0.6)
         ax.scatter(p[-1, :, 0], p[-1, :, 1], s=3, color="k", zorder=3)
         ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", title=name, xticks=[], yticks=[])
+    return _save(fig, out)
+
+
+def plot_points(x: torch.Tensor, out: str | Path, reference: torch.Tensor | None = None, title: str = "",
+                max_points: int = 10000) -> Path:
+    """Scatter of 2D samples, beside the reference (training distribution) when given."""
+    panels = [("samples", x)] + ([("data", reference)] if reference is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
+    pts = [p[:max_points].detach().cpu().double() for _, p in panels]
+    lo, hi = _lim(torch.cat(pts) if reference is not None else pts[0])
+    for ax, (name, _), p in zip(axes[0], panels, pts):
+        ax.scatter(p[:, 0], p[:, 1], s=0.5, alpha=0.4, color="C0" if name == "samples" else "gray")
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", xticks=[], yticks=[])
+        ax.set_title(f"{name}{': ' + title if title and name == 'samples' else ''}", fontsize=9)
+    return _save(fig, out)
+
+
+def plot_image_grid(x: torch.Tensor, out: str | Path, title: str = "", nrow: int | None = None,
+                    value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """A grid of images (B, C, H, W) in value_range; C = 1 in grey, C = 3 in colour."""
+    x = x.detach().cpu().float()
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(b))))
+    ncol = int(math.ceil(b / nrow))
+    lo, hi = value_range
+    x = ((x - lo) / (hi - lo)).clamp(0, 1)
+    canvas = torch.ones(c, ncol * (h + 1) + 1, nrow * (w + 1) + 1)
+    for k in range(b):
+        r, q = divmod(k, nrow)
+        canvas[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[k]
+    size = min(12.0, max(3.0, canvas.shape[2] / 24))
+    fig, ax = plt.subplots(figsize=(size, size * canvas.shape[1] / canvas.shape[2]))
+    img = canvas[0] if c == 1 else canvas.permute(1, 2, 0)
+    ax.imshow(img.numpy(), cmap="gray" if c == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set(xticks=[], yticks=[])
+    if title:
+        ax.set_title(title, fontsize=9)
     return _save(fig, out)
