@@ -102,13 +102,15 @@ class GaussianMixture:
         """log w (K,), mu (K, D), lam (K, D), U stacked as (D, K*D), mu rotated into each eigenbasis (K, D)."""
         key = (like.device, like.dtype)
         if key not in self._cache:
-            k, d = self.means.shape
-            u_flat = self.eigvecs.permute(1, 0, 2).reshape(d, k * d)  # u_flat[:, k*D + j] = U_k[:, j]
-            mu_rot = torch.einsum("kd,kdj->kj", self.means, self.eigvecs)
-            self._cache[key] = tuple(
-                p.to(device=like.device, dtype=like.dtype)
-                for p in (self.weights.log(), self.means, self.eigvals, u_flat, mu_rot)
-            )
+            # built outside inference mode: inference tensors in the cache would break later autograd
+            with torch.inference_mode(False):
+                k, d = self.means.shape
+                u_flat = self.eigvecs.permute(1, 0, 2).reshape(d, k * d)  # u_flat[:, k*D + j] = U_k[:, j]
+                mu_rot = torch.einsum("kd,kdj->kj", self.means, self.eigvecs)
+                self._cache[key] = tuple(
+                    p.to(device=like.device, dtype=like.dtype)
+                    for p in (self.weights.log(), self.means, self.eigvals, u_flat, mu_rot)
+                )
         return self._cache[key]
 
     # -- sampling ------------------------------------------------------------------------------------------------
