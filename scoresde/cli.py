@@ -175,6 +175,14 @@ def _net_config(args: argparse.Namespace, data) -> dict:
     probe = data.sample(4096, generator=g)
     sigma_data = round(float(probe.std()), 3)
     num_classes = 0
+    if args.net == "classifier":
+        num_classes = int(getattr(data, "num_classes", 0) or 0)
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs labelled data; {args.data!r} has no labels")
+        if len(shape := tuple(data.event_shape)) != 1:
+            raise ValueError(f"the classifier network takes vectors; {args.data!r} has event shape {shape}")
+        return {"name": "mlp_classifier", "dim": shape[0], "num_classes": num_classes, "width": args.width,
+                "depth": args.depth, "emb_dim": args.emb_dim, "embedding": args.embedding, "sigma_data": sigma_data}
     if args.conditional:
         num_classes = int(getattr(data, "num_classes", 0) or 0)
         if num_classes < 1:
@@ -191,7 +199,7 @@ def _net_config(args: argparse.Namespace, data) -> dict:
             raise ValueError(f"the unet network takes images (C, H, W); {args.data!r} has event shape {shape}")
         return {"name": "unet", "in_channels": shape[0], "image_size": shape[1], "channels": args.width,
                 "output": args.output, "num_classes": num_classes, "sigma_data": sigma_data}
-    raise ValueError(f"unknown network {args.net!r}; choose mlp or unet")
+    raise ValueError(f"unknown network {args.net!r}; choose mlp, unet or classifier")
 
 
 def _save_samples(x, out: Path, reference=None, title: str = "") -> list[Path]:
@@ -245,7 +253,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     tail = result.losses[-config.log_every:] or [float("nan")]
     print(f"trained {config.data} on {config.process} to step {result.step} in {result.seconds:.1f} s; "
           f"loss {sum(tail) / len(tail):.4f}; checkpoint {latest_checkpoint(out)}")
-    if args.preview:
+    if args.preview and config.net.get("name") != "mlp_classifier":
         from .samplers import get_sampler
 
         model = Model(result.ema.eval(), result.process, config, result.step)
@@ -278,9 +286,10 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--n must be positive, got {args.n}")
     ts = spec.grid_for(process, args.nfe, args.grid)
     labels = None
-    if args.label is not None:
+    if args.label is not None and args.guidance != "classifier":
         if model.num_classes == 0:
-            raise ValueError("--label needs a class-conditional model (trained with --conditional)")
+            raise ValueError("--label needs a class-conditional model (trained with --conditional) "
+                             "or --guidance classifier")
         if not 0 <= args.label < model.num_classes:
             raise ValueError(f"--label {args.label} is outside [0, {model.num_classes - 1}]")
     score_for = _guided_score(args, model)
@@ -305,10 +314,77 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
 
 def _guided_score(args: argparse.Namespace, model):
-    """labels -> ScoreFn: the model's score, guided as the flags ask."""
+    """labels -> ScoreFn: the model's score, guided as the flags ask (guidance is score composition)."""
+    from . import guidance
+    from .train import load_model
+
+    if args.guidance not in ("none", "cfg", "classifier"):
+        raise ValueError(f"unknown guidance {args.guidance!r}; choose none, cfg or classifier")
+    if args.guidance != "none" and args.label is None:
+        raise ValueError(f"--guidance {args.guidance} needs --label")
     if args.guidance == "none":
         return model.score_fn
-    raise ValueError(f"unknown guidance {args.guidance!r}; choose none")
+    if args.guidance == "cfg":
+        if model.num_classes == 0:
+            raise ValueError("--guidance cfg needs a class-conditional model (trained with --conditional)")
+        return lambda labels: guidance.classifier_free(model.score_fn(labels), model.score_fn(None), args.w)
+    if args.classifier is None:
+        raise ValueError("--guidance classifier needs --classifier RUN (a noise-aware classifier checkpoint)")
+    clf = load_model(args.classifier, device=args.device)
+    if clf.process.__class__ is not model.process.__class__ or repr(clf.process) != repr(model.process):
+        raise ValueError(f"the classifier was trained on {clf.process!r}, the model on {model.process!r}")
+    if not 0 <= args.label < clf.num_classes:
+        raise ValueError(f"--label {args.label} is outside the classifier's classes [0, {clf.num_classes - 1}]")
+    return lambda labels: guidance.classifier(model.score_fn(None), clf.log_prob_fn(labels), args.scale)
+
+
+def _cmd_likelihood(args: argparse.Namespace) -> None:
+    import math
+    import time
+
+    import torch
+
+    from .likelihood import bits_per_dim, dequantize, log_likelihood
+    from .train import load_model, make_data
+
+    model = load_model(args.checkpoint, device=args.device)
+    name = args.data or model.config.data
+    data = make_data(name, args.data_root or model.config.data_root)
+    if tuple(data.event_shape) != model.event_shape:
+        raise ValueError(f"data {name!r} has event shape {tuple(data.event_shape)}, the model {model.event_shape}")
+    if args.n < 2:
+        raise ValueError(f"--n must be at least 2, got {args.n}")
+    g = torch.Generator().manual_seed(args.seed)
+    source = make_data(name, args.data_root or model.config.data_root, split="test")  # held out (image sets)
+    x = source.sample(args.n, generator=g)
+    images = x.ndim > 2
+    n_levels = getattr(data, "n_levels", None)
+    if images and n_levels:
+        x = dequantize(x, n_levels, generator=g)
+    score = model.score_fn()
+    logs, nfe, t0 = [], 0, time.perf_counter()
+    for start in range(0, args.n, args.batch):
+        xb = x[start:start + args.batch].to(model.device, torch.float64 if args.float64 else torch.float32)
+        res = log_likelihood(score, model.process, xb, divergence=args.divergence, n_probes=args.probes,
+                             rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps,
+                             generator=torch.Generator(model.device).manual_seed(args.seed + start))
+        logs.append(res.log_p.double().cpu())
+        nfe += res.nfe
+    seconds = time.perf_counter() - t0
+    log_p = torch.cat(logs)
+    nll, se = float(-log_p.mean()), float(log_p.std() / math.sqrt(len(log_p)))
+    print(f"{name} under {model.process!r}, step {model.step}, n = {args.n}, divergence {args.divergence}, "
+          f"NFE {nfe}, {seconds:.1f} s")
+    print(f"mean NLL {nll:.4f} ± {se:.4f} nats")
+    if images and n_levels:
+        bpd = bits_per_dim(log_p, x[0].numel(), n_levels=n_levels)
+        print(f"bits/dim {float(bpd.mean()):.4f} ± {float(bpd.std() / math.sqrt(len(bpd))):.4f} "
+              f"({n_levels} levels, uniform dequantisation)")
+    if hasattr(data, "log_prob") and not images:
+        exact = data.log_prob(x.double())
+        gap = -log_p - (-exact)
+        print(f"exact entropy estimate (mean -log p of the same samples) {float(-exact.mean()):.4f}; "
+              f"NLL - exact {float(gap.mean()):.4f} ± {float(gap.std() / math.sqrt(len(gap))):.4f} nats")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="moons", help="2D toy data (ring8, moons, ...) or images (digits, ...)")
     p.add_argument("--data-root", default=None, help="folder of local image files (mnist, cifar10, folder)")
     p.add_argument("--process", default="vp", help=f"one of {', '.join(PROCESSES)}")
-    p.add_argument("--net", default="mlp", help="mlp (points) or unet (images)")
+    p.add_argument("--net", default="mlp", help="mlp (points), unet (images) or classifier (noise-aware, points)")
     p.add_argument("--width", type=int, default=128, help="MLP width, or UNet base channels")
     p.add_argument("--depth", type=int, default=3, help="MLP residual layers")
     p.add_argument("--emb-dim", type=int, default=64, help="sigma embedding size")
@@ -385,6 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png", type=Path)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("likelihood", help="mean negative log-likelihood by the probability-flow ODE")
+    p.add_argument("--checkpoint", required=True, help="run directory (or one checkpoint directory)")
+    p.add_argument("--data", default=None, help="data to score (default: the model's training data)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--divergence", default="exact", help="exact (low dimensions) or hutchinson")
+    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample")
+    p.add_argument("--method", default="dopri5", help="dopri5 (adaptive) or euler, midpoint, rk4 (with --steps)")
+    p.add_argument("--steps", type=int, default=None, help="steps of a fixed-step method")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--float64", action="store_true", help="integrate in float64")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_likelihood)
     return parser
 
 

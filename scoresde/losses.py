@@ -17,7 +17,7 @@ from ._utils import append_dims
 from .processes import DiscreteVP, Process
 from .score import to_eps
 
-__all__ = ["WEIGHTINGS", "sample_t", "dsm_loss", "ImportanceSampler"]
+__all__ = ["WEIGHTINGS", "sample_t", "dsm_loss", "ImportanceSampler", "classifier_loss"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 
@@ -116,3 +116,27 @@ def dsm_loss(
     if weighting == "none":
         return loss / sigma.square()
     return loss
+
+
+def classifier_loss(
+    clf: Callable[[Tensor, Tensor], Tensor],
+    process: Process,
+    x0: Tensor,
+    labels: Tensor,
+    *,
+    t: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-sample cross-entropy of a noise-aware classifier clf(x_t, sigma(t)) -> logits over noisy inputs,
+    with t drawn as for DSM (so the classifier is trained at every noise level guidance will query)."""
+    b = x0.shape[0]
+    if labels.shape != (b,):
+        raise ValueError(f"labels must have shape ({b},), got {tuple(labels.shape)}")
+    if t is None:
+        t = sample_t(process, b, generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        process.check_t(t)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    alpha, sigma = process._alpha(t), process._sigma(t)
+    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
+    return torch.nn.functional.cross_entropy(clf(x_t, sigma), labels.long(), reduction="none")

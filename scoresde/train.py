@@ -25,8 +25,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .losses import WEIGHTINGS, ImportanceSampler, dsm_loss
-from .nets import build_net
+from .losses import WEIGHTINGS, ImportanceSampler, classifier_loss, dsm_loss
+from .nets import build_net, is_classifier
 from .processes import VE, VP, DiscreteVP, Process, SubVP
 from .score import ScoreFn, score_from_prediction
 
@@ -62,8 +62,9 @@ def make_process(name: str) -> Process:
     return table[name]()
 
 
-def make_data(name: str, root: str | None = None):
-    """Training data by name: a 2D toy distribution (toy_data) or an image set (toy_data.images).
+def make_data(name: str, root: str | None = None, split: str = "train"):
+    """Data by name: a 2D toy distribution (toy_data; split ignored, samples are fresh) or an image set's
+    "train" or held-out "test" split (toy_data.images).
 
     Every data object has sample(n, generator=, device=, dtype=, return_labels=) and event_shape.
     """
@@ -71,13 +72,9 @@ def make_data(name: str, root: str | None = None):
 
     if name in toy_data.REGISTRY:
         return toy_data.get(name)
-    try:
-        from toy_data import images
-    except ImportError:  # pragma: no cover - images module not installed
-        images = None
-    if images is not None and name in getattr(images, "IMAGE_SETS", ()):
-        return images.get_images(name, root)
-    known = list(toy_data.REGISTRY) + list(getattr(images, "IMAGE_SETS", ()))
+    if name in toy_data.IMAGE_SETS:
+        return toy_data.get_images(name, root, split=split)
+    known = list(toy_data.REGISTRY) + list(toy_data.IMAGE_SETS)
     raise ValueError(f"unknown data {name!r}; choose from {', '.join(known)}")
 
 
@@ -232,9 +229,11 @@ def train(
         if saved_cfg.net != config.net or saved_cfg.process != config.process or saved_cfg.data != config.data:
             raise ValueError(f"resume: {ckpt} was trained with a different data, process or network config")
 
+    classify = is_classifier(net)
     conditional = getattr(net, "num_classes", 0) > 0
-    if conditional and not hasattr(data, "num_classes") and getattr(data, "labels", None) is None:
-        raise ValueError(f"a class-conditional network needs labelled data; {config.data!r} has no labels")
+    if conditional and not getattr(data, "num_classes", 0):
+        what = "a classifier" if classify else "a class-conditional network"
+        raise ValueError(f"{what} needs labelled data; {config.data!r} has no labels")
     null = getattr(net, "num_classes", 0)
     output = getattr(net, "output", "eps")
     importance = ImportanceSampler(process) if config.importance else None
@@ -274,14 +273,17 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(config, step)
             x0, y = _sample_batch(data, config.batch, gen, device, conditional)
-            kwargs = {}
-            if conditional:
-                if config.label_dropout > 0:
-                    drop = torch.rand(y.shape, generator=gen, device=device) < config.label_dropout
-                    y = torch.where(drop, torch.full_like(y, null), y)
-                kwargs["labels"] = y
-            loss = dsm_loss(net, process, x0, output=output, weighting=config.weighting, generator=gen,
-                            importance=importance, **kwargs).mean()
+            if classify:
+                loss = classifier_loss(net, process, x0, y, generator=gen).mean()
+            else:
+                kwargs = {}
+                if conditional:
+                    if config.label_dropout > 0:
+                        drop = torch.rand(y.shape, generator=gen, device=device) < config.label_dropout
+                        y = torch.where(drop, torch.full_like(y, null), y)
+                    kwargs["labels"] = y
+                loss = dsm_loss(net, process, x0, output=output, weighting=config.weighting, generator=gen,
+                                importance=importance, **kwargs).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip is not None:
@@ -494,8 +496,26 @@ class Model:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
+    def log_prob_fn(self, labels: Tensor | int) -> Callable[[Tensor, Tensor], Tensor]:
+        """A noise-aware classifier as (x, t) -> log p_t(labels | x), shape (B,), for guidance.classifier."""
+        if not is_classifier(self.net):
+            raise ValueError("log_prob_fn needs a noise-aware classifier checkpoint (trained with --net classifier)")
+        if isinstance(labels, int) and not 0 <= labels < self.num_classes:
+            raise ValueError(f"label {labels!r} is outside [0, {self.num_classes - 1}]")
+        net, process = self.net, self.process
+        dtype = next(net.parameters()).dtype
+
+        def log_prob(x: Tensor, t: Tensor) -> Tensor:
+            logits = net(x.to(dtype), process.sigma(t).to(dtype)).log_softmax(-1).to(x.dtype)
+            y = torch.full((x.shape[0],), labels, device=x.device) if isinstance(labels, int) else labels
+            return logits.gather(1, y.long()[:, None])[:, 0]
+
+        return log_prob
+
     def score_fn(self, labels: Tensor | int | None = None) -> ScoreFn:
         """The network as a ScoreFn; labels=None is the unconditional (null-label) score of a conditional net."""
+        if is_classifier(self.net):
+            raise ValueError("this checkpoint is a classifier, not a score model (use it with --guidance classifier)")
         if labels is not None and self.num_classes == 0:
             raise ValueError("this model is unconditional; it takes no label")
         if isinstance(labels, int) and not 0 <= labels < self.num_classes:

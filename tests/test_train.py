@@ -225,3 +225,46 @@ def test_cli_train_then_sample_then_compare(tmp_path, capsys):
     assert "class-conditional" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(run), "--sampler", "magic", "--out", str(out)]) != 0
     assert "'magic'" in capsys.readouterr().err
+
+
+def test_classifier_training_and_guided_sampling_cli(tmp_path, capsys):
+    """A noise-aware classifier trains through the same trainer; cfg and classifier guidance from the CLI."""
+    from scoresde.cli import main
+
+    clf, cond = tmp_path / "clf", tmp_path / "cond"
+    common = ["--data", "ring8", "--steps", "20", "--batch", "64", "--width", "32", "--depth", "1",
+              "--device", str(DEVICE), "--no-preview"]
+    assert main(["train", "--net", "classifier", *common, "--out", str(clf)]) == 0
+    assert main(["train", "--conditional", *common, "--out", str(cond)]) == 0
+    model = load_model(clf, device=DEVICE)
+    x, t = torch.randn(4, 2, device=DEVICE), torch.full((4,), 0.3, device=DEVICE)
+    lp = model.log_prob_fn(2)(x, t)
+    assert lp.shape == (4,) and bool((lp <= 0).all())
+    with pytest.raises(ValueError, match="classifier"):
+        model.score_fn()
+    for flags in (["--guidance", "cfg", "--w", "2"], ["--guidance", "classifier", "--classifier", str(clf)]):
+        out = tmp_path / "g.png"
+        assert main(["sample", "--checkpoint", str(cond), "--label", "3", *flags, "--n", "50", "--nfe", "6",
+                     "--device", str(DEVICE), "--out", str(out)]) == 0
+        assert torch.isfinite(torch.load(tmp_path / "g.pt", weights_only=True)).all()
+    for flags, match in ((["--guidance", "cfg"], "--label"), (["--guidance", "magic", "--label", "1"], "'magic'"),
+                         (["--guidance", "classifier", "--label", "1"], "--classifier")):
+        assert main(["sample", "--checkpoint", str(cond), *flags, "--out", str(tmp_path / "x.png")]) != 0
+        assert match in capsys.readouterr().err
+    assert main(["train", "--net", "classifier", "--data", "moons", "--out", str(tmp_path / "m")]) != 0
+    assert "labelled" in capsys.readouterr().err
+
+
+def test_cli_likelihood_reports_nll_and_gap_to_exact(tmp_path, capsys):
+    from scoresde.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "ring8", "--steps", "20", "--batch", "64", "--width", "32", "--depth", "1",
+                 "--device", str(DEVICE), "--no-preview", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["likelihood", "--checkpoint", str(run), "--n", "20", "--method", "rk4", "--steps", "10",
+                 "--device", str(DEVICE)]) == 0
+    out = capsys.readouterr().out
+    assert "mean NLL" in out and "NLL - exact" in out and "NFE 40" in out
+    assert main(["likelihood", "--checkpoint", str(run), "--n", "20", "--divergence", "magic"]) != 0
+    assert "'magic'" in capsys.readouterr().err
