@@ -1,5 +1,6 @@
 """Toy distributions: Gaussian mixtures with exact diffused scores, and sample-only 2D sets."""
 
+from .images import IMAGE_SETS, ImageSet, cifar10, digits, get_images, image_folder, mnist
 from .mixture import GaussianMixture
 from .targets import (
     MIXTURES,
@@ -18,6 +19,13 @@ from .targets import (
 )
 
 __all__ = [
+    "IMAGE_SETS",
+    "ImageSet",
+    "cifar10",
+    "digits",
+    "get_images",
+    "image_folder",
+    "mnist",
     "GaussianMixture",
     "MIXTURES",
     "REGISTRY",
