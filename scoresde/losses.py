@@ -28,8 +28,7 @@ def sample_t(process: Process, n: int, *, generator: torch.Generator | None = No
     if isinstance(process, DiscreteVP):
         i = torch.randint(1, process.num_steps + 1, (n,), generator=generator, device=device)
         return i.to(dtype) / process.num_steps
-    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
-    return u.mul_(process.t_max - process.t_min).add_(process.t_min)
+    return torch.empty(n, device=device, dtype=dtype).uniform_(process.t_min, process.t_max, generator=generator)
 
 
 class ImportanceSampler:
@@ -103,11 +102,11 @@ def dsm_loss(
         process.check_t(t)
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    alpha, sigma = process._alpha(t), process._sigma(t)  # t is in range by construction or checked by the caller
+    alpha, sigma = process._alpha_sigma(t)  # t is in range by construction or checked above
     x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
     out = net(x_t, sigma, **net_kwargs)
     eps_hat = out if output == "eps" else to_eps(output, out, x_t, alpha, sigma)
-    err = (eps_hat - eps).square().flatten(1)
+    err = torch.nn.functional.mse_loss(eps_hat, eps, reduction="none").flatten(1)
     loss = err.mean(1) if reduce == "mean" else err.sum(1)
     if weight is not None:
         return loss * weight
@@ -137,6 +136,6 @@ def classifier_loss(
     else:
         process.check_t(t)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    alpha, sigma = process._alpha(t), process._sigma(t)
+    alpha, sigma = process._alpha_sigma(t)
     x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
     return torch.nn.functional.cross_entropy(clf(x_t, sigma), labels.long(), reduction="none")

@@ -42,6 +42,10 @@ class Process:
     def _log_snr(self, t: Tensor) -> Tensor:
         return 2.0 * (torch.log(self._alpha(t)) - torch.log(self._sigma(t)))
 
+    def _alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha(t), sigma(t)) unchecked; processes override it to share work (the training loss's hot path)."""
+        return self._alpha(t), self._sigma(t)
+
     def _f(self, t: Tensor) -> Tensor:
         with torch.enable_grad():
             tt = t.detach().requires_grad_(True)
@@ -224,6 +228,10 @@ class _LinearBeta(Process):
     def _int_beta(self, t: Tensor) -> Tensor:
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
+    def _alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        ib = t * (t * (0.5 * (self.beta_max - self.beta_min)) + self.beta_min)  # ∫beta, in three operations
+        return (ib * -0.5).exp_(), self._sigma_from_int_beta(ib)
+
     def _t_from_int_beta(self, c: Tensor) -> Tensor:
         d = self.beta_max - self.beta_min
         # positive root of d/2 t² + beta_min t - c = 0, in the cancellation-free form
@@ -246,6 +254,9 @@ class VP(_LinearBeta):
     def _sigma(self, t):
         return torch.sqrt(-torch.expm1(-self._int_beta(t)))
 
+    def _sigma_from_int_beta(self, ib: Tensor) -> Tensor:
+        return ib.neg().expm1_().neg_().sqrt_()
+
     def _log_snr(self, t):
         return -torch.log(torch.expm1(self._int_beta(t)))
 
@@ -261,6 +272,9 @@ class SubVP(_LinearBeta):
 
     def _sigma(self, t):
         return -torch.expm1(-self._int_beta(t))
+
+    def _sigma_from_int_beta(self, ib: Tensor) -> Tensor:
+        return ib.neg().expm1_().neg_()
 
     def _log_snr(self, t):
         b = self._int_beta(t)

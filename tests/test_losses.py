@@ -120,3 +120,11 @@ def test_bad_input():
         dsm_loss(net, p, x0, importance=ImportanceSampler(p))
     with pytest.raises(ValueError, match="DiscreteVP"):
         ImportanceSampler(DiscreteVP.linear(100))
+
+
+@pytest.mark.parametrize("process", [VP(), SubVP(), VE(0.01, 10.0), DiscreteVP.linear(100)], ids=repr)
+def test_the_fused_alpha_sigma_of_the_loss_matches_the_process(process):
+    t = torch.linspace(process.t_min, process.t_max, 101, dtype=torch.float64, device=DEVICE)
+    alpha, sigma = process._alpha_sigma(t)
+    torch.testing.assert_close(alpha, process.alpha(t), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(sigma, process.sigma(t), rtol=1e-14, atol=1e-15)
