@@ -19,7 +19,7 @@ from .score import (
     x0_from_score,
 )
 
-from . import metrics, samplers, schedules
+from . import guidance, likelihood, losses, metrics, nets, samplers, schedules
 from .samplers import (
     ancestral,
     annealed_langevin,
@@ -57,7 +57,11 @@ __all__ = [
     "tweedie",
     "v_from_score",
     "x0_from_score",
+    "guidance",
+    "likelihood",
+    "losses",
     "metrics",
+    "nets",
     "samplers",
     "schedules",
     "ancestral",
