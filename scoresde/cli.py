@@ -167,6 +167,19 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(str(out_dir / w) for w in written)}")
 
 
+# `scoresde train` defaults: points (mlp, classifier) and images (unet; the recipe of benchmarks/train_digits.py)
+TRAIN_DEFAULTS = {
+    "points": {"process": "vp", "output": "eps", "batch": 512, "lr": 3e-3, "warmup": 50, "ema": 0.995},
+    "images": {"process": "ddpm-cosine", "output": "v", "batch": 128, "lr": 2e-3, "warmup": 100, "ema": 0.999},
+}
+
+
+def _fill_train_defaults(args: argparse.Namespace) -> None:
+    for name, value in TRAIN_DEFAULTS["images" if args.net == "unet" else "points"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def _net_config(args: argparse.Namespace, data) -> dict:
     """Network config from CLI flags and the data (its shape, classes and scale)."""
     import torch
@@ -191,19 +204,27 @@ def _net_config(args: argparse.Namespace, data) -> dict:
     if args.net == "mlp":
         if len(shape) != 1:
             raise ValueError(f"the mlp network takes vectors; {args.data!r} has event shape {shape}: use --net unet")
-        return {"name": "mlp", "dim": shape[0], "width": args.width, "depth": args.depth, "emb_dim": args.emb_dim,
-                "embedding": args.embedding, "output": args.output, "num_classes": num_classes,
-                "sigma_data": sigma_data}
+        return {"name": "mlp", "dim": shape[0], "width": args.width or 128, "depth": args.depth,
+                "emb_dim": args.emb_dim, "embedding": args.embedding, "output": args.output,
+                "num_classes": num_classes, "sigma_data": sigma_data}
     if args.net == "unet":
         if len(shape) != 3:
             raise ValueError(f"the unet network takes images (C, H, W); {args.data!r} has event shape {shape}")
-        return {"name": "unet", "in_channels": shape[0], "image_size": shape[1], "channels": args.width,
-                "output": args.output, "num_classes": num_classes, "sigma_data": sigma_data}
+        if shape[1] != shape[2]:
+            raise ValueError(f"the unet network takes square images; {args.data!r} has event shape {shape}")
+        return {"name": "unet", "in_channels": shape[0], "image_size": shape[1], "channels": args.width or 32,
+                "channel_mult": _csv_ints(args.channel_mult, "--channel-mult"), "num_res_blocks": args.res_blocks,
+                "emb_dim": args.emb_dim, "embedding": args.embedding, "output": args.output,
+                "num_classes": num_classes, "sigma_data": sigma_data}
     raise ValueError(f"unknown network {args.net!r}; choose mlp, unet or classifier")
 
 
-def _save_samples(x, out: Path, reference=None, title: str = "") -> list[Path]:
-    """PNG (scatter for points, grid for images) plus .pt and .npy of the samples next to it."""
+MAX_GRID = 400  # images drawn in a sample grid (all of them go to the .pt and .npy files)
+
+
+def _save_samples(x, out: Path, reference=None, title: str = "", nrow: int | None = None,
+                  arrays: bool = True) -> list[Path]:
+    """PNG (scatter for points, grid for images) plus (if arrays) .pt and .npy of the samples next to it."""
     import numpy as np
     import torch
 
@@ -215,19 +236,48 @@ def _save_samples(x, out: Path, reference=None, title: str = "") -> list[Path]:
     if x.ndim == 2:
         plot_points(x, png, reference=reference, title=title)
     else:
-        plot_image_grid(x, png, title=title)
+        plot_image_grid(x[:MAX_GRID], png, title=title + (f" (first {MAX_GRID} of {len(x)})" if len(x) > MAX_GRID
+                                                            else ""), nrow=nrow)
+    if not arrays:
+        return [png]
     pt, npy = png.with_suffix(".pt"), png.with_suffix(".npy")
     torch.save(x, pt)
     np.save(npy, x.numpy())
     return [png, pt, npy]
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _preview(model, out: Path, seed: int, title: str, arrays: bool = True) -> Path:
+    """Samples of a trained Model drawn to a PNG: 2000 points, or images (for a class-conditional model 6 per
+    class, one class per column, classifier-free weight 1: the conditional score); dpm_solver_pp, NFE 20."""
     import torch
+
+    from .samplers import get_sampler
+
+    spec = get_sampler("dpm_solver_pp")
+    process = model.process
+    g = torch.Generator().manual_seed(seed)
+    images = len(model.event_shape) > 1
+    n = (6 * model.num_classes if model.num_classes else 64) if images else 2000
+    x = process.prior((n,) + model.event_shape, generator=g).to(model.device)
+    labels = torch.arange(n, device=model.device) % model.num_classes if model.num_classes else None
+    samples = spec(model.score_fn(labels), process, x, spec.grid_for(process, 20),
+                   generator=g if model.device.type == "cpu" else None, progress=False)
+    ref = None
+    if not images:
+        from .train import make_data
+
+        ref = make_data(model.config.data, model.config.data_root).sample(n, generator=g)
+    nrow = model.num_classes if images and model.num_classes else None
+    return _save_samples(samples, out, reference=ref, title=title, nrow=nrow, arrays=arrays)[0]
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import os
 
     from .train import TrainConfig, Model, latest_checkpoint, load_checkpoint, make_data, train
 
     out = Path(args.out)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints and draws
     if args.resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
@@ -235,10 +285,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
         config = load_checkpoint(ckpt)["config"]
         if args.steps is not None:
             config.steps = args.steps
-        print(f"resuming {ckpt} to step {config.steps}")
+        if main_process:
+            print(f"resuming {ckpt} to step {config.steps}")
     else:
         if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
             raise ValueError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
+        _fill_train_defaults(args)
         data = make_data(args.data, args.data_root)
         config = TrainConfig(
             data=args.data, data_root=args.data_root, process=args.process, net=_net_config(args, data),
@@ -246,31 +298,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
             optimizer=args.optimizer, warmup=args.warmup, clip=args.clip if args.clip > 0 else None, ema=args.ema,
             weighting=args.weighting, importance=args.importance,
             label_dropout=args.label_dropout if args.conditional else 0.0, seed=args.seed, device=args.device,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.checkpoint_every, data_streams=args.data_streams, amp=args.amp,
         )
     make_process(config.process)  # fail early on a bad name
-    result = train(config, out, resume=args.resume)
+    scores = config.net.get("name") not in ("mlp_classifier", "encoder_classifier")
+    every = args.preview_every if args.preview_every is not None else \
+        (config.checkpoint_every if config.net.get("name") == "unet" else 0)
+
+    def preview(step, ema) -> dict:
+        path = _preview(Model(ema.eval(), make_process(config.process), config, step),
+                        out / "previews" / f"step_{step:08d}.png", config.seed, f"step {step}", arrays=False)
+        return {"preview": str(path)}
+
+    result = train(config, out, resume=args.resume, eval_fn=preview if args.preview and scores else None,
+                   eval_every=every)
+    if not main_process:
+        return
     tail = result.losses[-config.log_every:] or [float("nan")]
     print(f"trained {config.data} on {config.process} to step {result.step} in {result.seconds:.1f} s; "
           f"loss {sum(tail) / len(tail):.4f}; checkpoint {latest_checkpoint(out)}")
-    if args.preview and config.net.get("name") != "mlp_classifier":
-        from .samplers import get_sampler
-
-        model = Model(result.ema.eval(), result.process, config, result.step)
-        spec = get_sampler("dpm_solver_pp")
-        g = torch.Generator().manual_seed(config.seed)
-        n = 2000 if len(model.event_shape) == 1 else 64
-        x = result.process.prior((n,) + model.event_shape, generator=g).to(model.device)
-        labels = None
-        if model.num_classes:
-            labels = torch.arange(n, device=model.device) % model.num_classes
-        score = model.score_fn(labels)
-        samples = spec(score, result.process, x, spec.grid_for(result.process, 20), generator=g if
-                       model.device.type == "cpu" else None)
-        data = make_data(config.data, config.data_root)
-        ref = data.sample(n, generator=g) if len(model.event_shape) == 1 else None
-        written = _save_samples(samples, out / "samples.png", reference=ref, title=f"step {result.step}")
-        print(f"wrote {written[0]}")
+    if args.preview and scores:
+        model = Model(result.ema.eval(), result.process, result.config, result.step)
+        print(f"wrote {_preview(model, out / 'samples.png', config.seed, f'step {result.step}')}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -282,6 +331,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     model = load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
     process = model.process
     spec = get_sampler(args.sampler)
+    if args.n is None:
+        args.n = 10000 if len(model.event_shape) == 1 else 100
     if args.n < 1:
         raise ValueError(f"--n must be positive, got {args.n}")
     ts = spec.grid_for(process, args.nfe, args.grid)
@@ -311,6 +362,32 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     title = f"{args.sampler}, NFE {spec.nfe(len(ts) - 1)}" + (f", label {args.label}" if args.label is not None else "")
     written = _save_samples(samples, Path(args.out), reference=ref, title=title)
     print(f"wrote {', '.join(str(w) for w in written)}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .digits_classifier import cache_dir, evaluate_digits, load_digits_classifier
+    from .train import load_model
+
+    model = load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+    if model.config.data != "digits":
+        raise ValueError(f"evaluate measures models of the digits (its classifier is built in); this checkpoint "
+                         f"was trained on {model.config.data!r}")
+    if model.num_classes == 0 and args.w != 1:
+        raise ValueError("--w (classifier-free guidance) needs a class-conditional model")
+    clf = load_digits_classifier(device=args.device, verbose=True)
+    res = evaluate_digits(model, n=args.n, w=args.w, sampler=args.sampler, nfe=args.nfe, seed=args.seed,
+                          batch=args.batch, classifier=clf, return_samples=args.out is not None)
+    print(f"digits model at step {model.step} ({'trained' if args.no_ema else 'EMA'} weights), n = {args.n}, "
+          f"{args.sampler} NFE {res['nfe']}, {res['seconds']:.1f} s to sample")
+    print(f"digits classifier: test accuracy {clf.test_accuracy:.4f} (cache {cache_dir()})")
+    if "accuracy" in res:
+        print(f"class accuracy (CFG w = {args.w:g}): {res['accuracy']:.4f}")
+    print(f"Frechet distance {res['fd']:.3f}; real-vs-real floor {res['fd_floor']:.3f}; "
+          f"ratio {res['fd_ratio']:.2f}")
+    if args.out is not None:
+        nrow = model.num_classes or None
+        written = _save_samples(res["samples"], Path(args.out), title=f"step {model.step}", nrow=nrow)
+        print(f"wrote {', '.join(str(w) for w in written)}")
 
 
 def _guided_score(args: argparse.Namespace, model):
@@ -415,32 +492,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", type=Path)
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("train", help="train a score network by denoising score matching")
+    p = sub.add_parser("train", help="train a score network by denoising score matching",
+                       description="Train a score network by denoising score matching. Data parallel: "
+                       "torchrun --nproc_per_node=K -m scoresde.cli train ... (gloo on CPU, NCCL on CUDA); "
+                       "--batch is the global batch, split over the processes.")
     p.add_argument("--data", default="moons", help="2D toy data (ring8, moons, ...) or images (digits, ...)")
     p.add_argument("--data-root", default=None, help="folder of local image files (mnist, cifar10, folder)")
-    p.add_argument("--process", default="vp", help=f"one of {', '.join(PROCESSES)}")
+    p.add_argument("--process", default=None, help=f"one of {', '.join(PROCESSES)} (default: vp; ddpm-cosine "
+                   "for --net unet)")
     p.add_argument("--net", default="mlp", help="mlp (points), unet (images) or classifier (noise-aware, points)")
-    p.add_argument("--width", type=int, default=128, help="MLP width, or UNet base channels")
+    p.add_argument("--width", type=int, default=None, help="MLP width (default 128), or UNet base channels "
+                   "(default 32)")
     p.add_argument("--depth", type=int, default=3, help="MLP residual layers")
+    p.add_argument("--channel-mult", default="1,2", help="UNet channel multipliers, one per resolution")
+    p.add_argument("--res-blocks", type=int, default=1, help="UNet residual blocks per resolution")
     p.add_argument("--emb-dim", type=int, default=64, help="sigma embedding size")
     p.add_argument("--embedding", default="sinusoidal", help="sinusoidal or fourier features of log sigma")
-    p.add_argument("--output", default="eps", help="what the network predicts: eps, x0, v or score")
+    p.add_argument("--output", default=None, help="what the network predicts: eps, x0, v or score (default: eps; "
+                   "v for --net unet)")
     p.add_argument("--conditional", action="store_true", help="class-conditional network (labelled data)")
     p.add_argument("--label-dropout", type=float, default=0.15, help="null-label probability (with --conditional)")
     p.add_argument("--steps", type=int, default=None, help="total training steps (default 2000)")
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=None, help="global batch (default 512; 128 for --net unet)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3; 2e-3 for --net unet)")
     p.add_argument("--optimizer", default="adam", help="adam or adamw")
-    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 50; 100 for --net unet)")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
-    p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights")
+    p.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default 0.995; 0.999 for "
+                   "--net unet)")
     p.add_argument("--weighting", default="sigma2", help="sigma2 (eps loss), likelihood (g²) or none")
     p.add_argument("--importance", action="store_true", help="importance-sample t (likelihood weighting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--preview-every", type=int, default=None, help="write previews/step_*.png every this many "
+                   "steps (default: at each checkpoint for images, never for points; 0: never)")
+    p.add_argument("--data-streams", type=int, default=0, help="independent data streams making up a batch "
+                   "(default: one per torchrun process); batch is the global batch")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--no-preview", dest="preview", action="store_false", help="skip samples.png after training")
+    p.add_argument("--no-preview", dest="preview", action="store_false", help="skip previews and samples.png")
     p.add_argument("--out", default="runs/train", type=Path)
     p.set_defaults(func=_cmd_train)
 
@@ -449,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="dpm_solver_pp")
     p.add_argument("--nfe", type=int, default=20)
     p.add_argument("--grid", default=None, help="override the sampler's time grid")
-    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--n", type=int, default=None, help="samples (default 10000 points or 100 images)")
     p.add_argument("--batch", type=int, default=10000, help="samples per sampler call")
     p.add_argument("--label", type=int, default=None, help="class label (class-conditional models)")
     p.add_argument("--guidance", default="none", help="none, cfg or classifier")
@@ -461,6 +552,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png", type=Path)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("evaluate", help="digits models: class accuracy and Frechet distance vs its real-data floor")
+    p.add_argument("--checkpoint", required=True, help="run directory (or one checkpoint directory)")
+    p.add_argument("--n", type=int, default=1000, help="samples (labels 0..9 in turn)")
+    p.add_argument("--w", type=float, default=1.0, help="classifier-free guidance weight (1: the conditional score)")
+    p.add_argument("--sampler", default="dpm_solver_pp")
+    p.add_argument("--nfe", type=int, default=20)
+    p.add_argument("--batch", type=int, default=1000, help="samples per sampler call")
+    p.add_argument("--no-ema", action="store_true", help="use the trained weights instead of the EMA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, type=Path, help="also save the samples (PNG grid, .pt, .npy)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("likelihood", help="mean negative log-likelihood by the probability-flow ODE")
     p.add_argument("--checkpoint", required=True, help="run directory (or one checkpoint directory)")

@@ -1,11 +1,25 @@
-"""One training loop for every data type: DSM loss, warm-up, clipping, EMA, atomic and exactly resumable checkpoints.
+"""One training loop for every data type: DSM loss, warm-up, clipping, EMA, atomic and exactly resumable checkpoints,
+DistributedDataParallel across processes and bf16 autocast on CUDA.
+
+Data parallel: launched by torchrun (environment WORLD_SIZE > 1), train() joins the process group (gloo on CPU,
+NCCL on CUDA, one GPU per LOCAL_RANK), wraps the network in DistributedDataParallel and gives each process its own
+data. `batch` is the *global* batch: it is drawn as `data_streams` independent streams (each with its own
+generator, seeded from seed and the stream's index) of batch / data_streams examples, and each process owns
+data_streams / world_size of them, accumulating their gradients before the all-reduce. So a run is the same
+computation (up to floating-point summation order) on any number of processes dividing data_streams, and a
+one-process run with data_streams = 2 reproduces a two-process run. Process 0 alone writes checkpoints (with every
+stream's generator state), logs, progress and previews; losses are all-reduced when they are checked for NaN (at
+log, eval and checkpoint steps), so every process stops at the same step.
+
+    torchrun --nproc_per_node=2 -m scoresde.cli train --data digits --net unet --conditional --out runs/digits
 
 A run directory holds `checkpoints/step_XXXXXXXX/` (each written to a temporary directory and renamed into place,
 so a checkpoint is complete or absent), a `latest` file naming the newest one, and `log.jsonl`. A checkpoint is
 
     config.json        TrainConfig, network config, step (JSON: nothing executable)
     model.safetensors  weights: "model.*" (trained) and "ema.*" (exponential moving average)
-    state.pt           optimiser state and RNG states, loaded with torch.load(weights_only=True)
+    state.pt           optimiser state, every data stream's generator state and the torch RNG state of every
+                       process, loaded with torch.load(weights_only=True)
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -111,6 +126,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 50
     keep: int = 2  # checkpoints kept on disk
+    data_streams: int = 0  # independent data/noise streams making up each batch; 0: one per process
+    amp: bool = False  # bf16 autocast of the forward pass and loss (CUDA only; an error on CPU)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -135,6 +152,13 @@ class TrainConfig:
         for name in ("warmup", "checkpoint_every", "log_every", "keep"):
             if getattr(self, name) < (1 if name in ("log_every", "keep") else 0):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not isinstance(self.data_streams, int) or self.data_streams < 0:
+            raise ValueError(f"data_streams must be an integer >= 0 (0: one per process), got {self.data_streams!r}")
+        if self.data_streams and self.batch % self.data_streams:
+            raise ValueError(f"batch {self.batch} must be divisible by data_streams {self.data_streams}")
+        if self.amp and not str(self.device).startswith("cuda"):
+            raise ValueError(f"amp (bf16 autocast) is for CUDA devices; device is {self.device!r} (train in float32 "
+                             "on the CPU)")
         if not isinstance(self.net, dict) or "name" not in self.net:
             raise ValueError(f"net must be a dict with a 'name', got {self.net!r}")
 
@@ -187,6 +211,44 @@ def _progress(total: int, initial: int, enabled: bool | None):
     return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
 
+@dataclass
+class _Dist:
+    """This process's place in a data-parallel run (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    created: bool = False  # train() created the process group and destroys it when done
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str) -> tuple[_Dist, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1) or already in one; pick this rank's GPU."""
+    import torch.distributed as dist
+
+    in_group = dist.is_available() and dist.is_initialized()
+    if not in_group and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Dist(), torch.device(device)
+    created = False
+    if not in_group:
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+        created = True
+    ctx = _Dist(dist.get_rank(), dist.get_world_size(), created)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", ctx.rank % torch.cuda.device_count())))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return ctx, dev
+
+
+def _stream_seed(seed: int, k: int) -> int:
+    """Seed of data stream k (stream 0: seed + 1, as in one-stream runs)."""
+    return seed + 1 + 1_000_003 * k
+
+
 def train(
     config: TrainConfig,
     out: str | Path | None = None,
@@ -202,13 +264,27 @@ def train(
     """Train a score network by DSM; checkpoints go to `out` (None: no files).
 
     resume=True continues from out's latest checkpoint exactly (same loss sequence as an uninterrupted run).
-    `data` overrides make_data(config.data); `eval_fn(step, ema_net) -> dict` runs every `eval_every` steps and
-    is logged. `stop_at` ends the call early at that step (as an interruption would); `max_seconds` ends it
-    after that much training time. A NaN or infinite loss raises NonFiniteLossError naming the step; the last
-    checkpoint written is the last good one (losses are checked before every checkpoint).
+    `data` overrides make_data(config.data); `eval_fn(step, ema_net) -> dict` runs every `eval_every` steps
+    (on process 0) and is logged. `stop_at` ends the call early at that step (as an interruption would);
+    `max_seconds` ends it after that much training time (checked every step, or at log steps across processes)
+    and writes a checkpoint there. A NaN or infinite loss raises NonFiniteLossError naming the step; the last
+    checkpoint written is the last good one (losses are checked before every checkpoint). Under torchrun the
+    returned config has data_streams resolved and `losses` are the means over all processes.
     """
     config.validate()
-    device = torch.device(config.device)
+    ctx, device = _init_distributed(config.device)
+    try:
+        return _train(config, ctx, device, out, resume, data, eval_fn, eval_every, progress, stop_at, max_seconds)
+    finally:
+        if ctx.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, progress, stop_at, max_seconds):
+    import torch.distributed as dist
+
     process = make_process(config.process)
     data = make_data(config.data, config.data_root) if data is None else data
     out = Path(out) if out is not None else None
@@ -217,17 +293,33 @@ def train(
     net = build_net(config.net).to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = _make_optimizer(config, net)
-    gen = torch.Generator(device).manual_seed(config.seed + 1)
     step = 0
+    streams = config.data_streams
+    saved_states: list[Tensor] | None = None
     if resume:
         if out is None:
             raise ValueError("resume needs the run directory (out)")
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             raise FileNotFoundError(f"nothing to resume: no checkpoint under {out}")
-        saved_cfg, step = _load_into(ckpt, net, ema, opt, gen, device)
+        saved_cfg, step, saved_states = _load_into(ckpt, net, ema, opt, device, ctx.rank)
         if saved_cfg.net != config.net or saved_cfg.process != config.process or saved_cfg.data != config.data:
             raise ValueError(f"resume: {ckpt} was trained with a different data, process or network config")
+        if streams and streams != len(saved_states):
+            raise ValueError(f"resume: {ckpt} has {len(saved_states)} data streams, the config asks for {streams}")
+        streams = len(saved_states)
+    streams = streams or ctx.world
+    if streams % ctx.world:
+        raise ValueError(f"data_streams = {streams} must be a multiple of the number of processes ({ctx.world})")
+    if config.batch % streams:
+        raise ValueError(f"batch {config.batch} must be divisible by the {streams} data streams")
+    config = dataclasses.replace(config, data_streams=streams)
+    mine = range(ctx.rank * streams // ctx.world, (ctx.rank + 1) * streams // ctx.world)  # this process's streams
+    gens = [torch.Generator(device).manual_seed(_stream_seed(config.seed, k)) for k in mine]
+    if saved_states is not None:
+        for g, k in zip(gens, mine):
+            g.set_state(saved_states[k])
+    per_stream = config.batch // streams
 
     classify = is_classifier(net)
     conditional = getattr(net, "num_classes", 0) > 0
@@ -239,26 +331,55 @@ def train(
     importance = ImportanceSampler(process) if config.importance else None
     if importance is not None and config.weighting != "likelihood":
         raise ValueError("importance sampling of t goes with weighting='likelihood'")
-    if out is not None:
+    writer = out if ctx.main else None  # only process 0 writes
+    if writer is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
+    model = net
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if config.amp else nullcontext()
+
+    def stream_loss(gen: torch.Generator) -> Tensor:
+        """Mean loss of one stream's per_stream examples, all randomness from its generator."""
+        x0, y = _sample_batch(data, per_stream, gen, device, conditional)
+        with autocast():
+            if classify:
+                return classifier_loss(model, process, x0, y, generator=gen).float().mean()
+            kwargs = {}
+            if conditional:
+                if config.label_dropout > 0:
+                    drop = torch.rand(y.shape, generator=gen, device=device) < config.label_dropout
+                    y = torch.where(drop, torch.full_like(y, null), y)
+                kwargs["labels"] = y
+            return dsm_loss(model, process, x0, output=output, weighting=config.weighting, generator=gen,
+                            importance=importance, **kwargs).float().mean()
+
     params = [p for p in net.parameters()]
     ema_params = [p for p in ema.parameters()]
-    bar = _progress(config.steps, step, progress)
+    bar = _progress(config.steps, step, progress) if ctx.main else None
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     pending: list[Tensor] = []  # losses not yet checked for finiteness (no per-step host sync on accelerators)
     losses: list[float] = []
     first_pending = step
     last_log_t, last_log_step = time.perf_counter(), step
     t_start = time.perf_counter()
-    log_f = open(out / "log.jsonl", "a") if out is not None else None
+    log_f = open(out / "log.jsonl", "a") if writer is not None else None
+    saved_at = -1
 
     def flush() -> None:
         nonlocal pending, first_pending
         if not pending:
             return
-        vals = torch.stack(pending).tolist()
+        stacked = torch.stack(pending)
+        if ctx.world > 1:  # every process sees the same mean loss, so all stop at the same step
+            dist.all_reduce(stacked)
+            stacked /= ctx.world
+        vals = stacked.tolist()
         for k, v in enumerate(vals):
             if not math.isfinite(v):
                 raise NonFiniteLossError(
@@ -268,24 +389,48 @@ def train(
         losses.extend(vals)
         pending, first_pending = [], first_pending + len(vals)
 
+    def out_of_time() -> bool:
+        if max_seconds is None:
+            return False
+        late = time.perf_counter() - t_start > max_seconds
+        if ctx.world == 1:
+            return late
+        if step % config.log_every and step != end:
+            return False  # across processes: decided together at log steps (one small all-reduce)
+        flag = torch.tensor([float(late)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def checkpoint() -> None:
+        nonlocal saved_at
+        flush()
+        states = [g.get_state() for g in gens]
+        rngs = [torch.get_rng_state()]
+        if ctx.world > 1:
+            gathered: list = [None] * ctx.world
+            dist.all_gather_object(gathered, (states, rngs[0]))
+            states = [s for part, _ in gathered for s in part]
+            rngs = [r for _, r in gathered]
+        if writer is not None:
+            save_checkpoint(out, config, net, ema, opt, states, step, torch_rng=rngs)
+        if ctx.world > 1:
+            dist.barrier()  # the checkpoint exists when any process returns
+        saved_at = step
+
     try:
         while step < end:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(config, step)
-            x0, y = _sample_batch(data, config.batch, gen, device, conditional)
-            if classify:
-                loss = classifier_loss(net, process, x0, y, generator=gen).mean()
-            else:
-                kwargs = {}
-                if conditional:
-                    if config.label_dropout > 0:
-                        drop = torch.rand(y.shape, generator=gen, device=device) < config.label_dropout
-                        y = torch.where(drop, torch.full_like(y, null), y)
-                    kwargs["labels"] = y
-                loss = dsm_loss(net, process, x0, output=output, weighting=config.weighting, generator=gen,
-                                importance=importance, **kwargs).mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = None
+            for k, gen in enumerate(gens):  # gradient accumulation over this process's streams
+                sync = ctx.world == 1 or k == len(gens) - 1
+                with nullcontext() if sync else model.no_sync():
+                    part = stream_loss(gen)
+                    (part / len(gens) if len(gens) > 1 else part).backward()
+                loss = part.detach() if loss is None else loss + part.detach()
+            if len(gens) > 1:
+                loss = loss / len(gens)
             if config.clip is not None:
                 nn.utils.clip_grad_norm_(params, config.clip, foreach=True)
             opt.step()
@@ -293,7 +438,7 @@ def train(
                 # EMA with warm-up (decay grows from 0 to config.ema), so early averages are not dominated by init
                 decay = min(config.ema, (1 + step) / (10 + step))
                 torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
-            pending.append(loss.detach())
+            pending.append(loss)
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -311,13 +456,16 @@ def train(
                                             "steps_per_s": rate}) + "\n")
             if eval_fn is not None and eval_every and step % eval_every == 0:
                 flush()
-                metrics = eval_fn(step, ema)
-                if log_f is not None:
-                    log_f.write(json.dumps({"step": step, "eval": metrics}) + "\n")
+                if ctx.main:
+                    metrics = eval_fn(step, ema)
+                    if log_f is not None:
+                        log_f.write(json.dumps({"step": step, "eval": metrics}) + "\n")
+                        log_f.flush()
             if out is not None and (step == end or (config.checkpoint_every and step % config.checkpoint_every == 0)):
-                flush()
-                save_checkpoint(out, config, net, ema, opt, gen, step)
-            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                checkpoint()
+            if out_of_time():
+                if out is not None and saved_at != step:
+                    checkpoint()
                 break
         flush()
     finally:
@@ -355,8 +503,13 @@ def latest_checkpoint(run: str | Path) -> Path | None:
 
 
 def save_checkpoint(run: str | Path, config: TrainConfig, net: nn.Module, ema: nn.Module,
-                    opt: torch.optim.Optimizer, gen: torch.Generator, step: int) -> Path:
-    """Write checkpoints/step_XXXXXXXX atomically (temp directory + rename), point `latest` at it, prune old ones."""
+                    opt: torch.optim.Optimizer, generators: list, step: int,
+                    torch_rng: list[Tensor] | None = None) -> Path:
+    """Write checkpoints/step_XXXXXXXX atomically (temp directory + rename), point `latest` at it, prune old ones.
+
+    `generators`: the data streams' generators (or their states), in stream order; `torch_rng`: each process's
+    torch RNG state (default: this process's).
+    """
     from safetensors.torch import save_file
 
     run = Path(run)
@@ -373,8 +526,9 @@ def save_checkpoint(run: str | Path, config: TrainConfig, net: nn.Module, ema: n
     meta = {"step": step, "config": dataclasses.asdict(config), "net": net.config() if hasattr(net, "config")
             else config.net, "format": "scoresde-checkpoint-1"}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-    state = {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
-             "torch_rng": torch.get_rng_state()}
+    states = [g.get_state() if isinstance(g, torch.Generator) else g for g in generators]
+    rngs = [torch.get_rng_state()] if torch_rng is None else list(torch_rng)
+    state = {"step": step, "optimizer": opt.state_dict(), "generators": states, "torch_rng": rngs}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     torch.save(state, tmp / "state.pt")
@@ -451,7 +605,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return {"config": config, "net": net, "ema": ema, "process": process, "step": int(meta["step"]), "path": ckpt}
 
 
-def _load_into(ckpt: Path, net, ema, opt, gen, device) -> tuple[TrainConfig, int]:
+def _load_into(ckpt: Path, net, ema, opt, device, rank: int = 0) -> tuple[TrainConfig, int, list[Tensor]]:
+    """Restore weights, optimiser and this process's torch RNG; -> (config, step, every stream's generator state)."""
     meta = _read_meta(ckpt)
     tensors = _read_weights(ckpt)
     _load_state_dict(net, _split(tensors, "model."), "model", ckpt)
@@ -466,11 +621,12 @@ def _load_into(ckpt: Path, net, ema, opt, gen, device) -> tuple[TrainConfig, int
     if int(state.get("step", -1)) != int(meta["step"]):
         raise ValueError(f"checkpoint {ckpt}: state.pt is for step {state.get('step')}, config for {meta['step']}")
     opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
+    states = state["generators"] if "generators" in state else [state["generator"]]  # older: one stream
+    rngs = state["torch_rng"] if isinstance(state["torch_rng"], list) else [state["torch_rng"]]
+    torch.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    if "cuda_rng" in state and torch.cuda.is_available() and rank == 0:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return TrainConfig.from_dict(meta["config"]), int(meta["step"])
+    return TrainConfig.from_dict(meta["config"]), int(meta["step"]), list(states)
 
 
 # -- trained models as score functions ------------------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""DistributedDataParallel: two CPU processes (gloo) train, stop, resume, agree on their weights and match one
+process that emulates their two data streams."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from scoresde.train import TrainConfig, load_checkpoint, train
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = dict(data="ring8", net={"name": "mlp", "width": 32, "depth": 1, "emb_dim": 16, "num_classes": 8},
+              steps=16, batch=64, lr=3e-3, warmup=4, label_dropout=0.2, checkpoint_every=4, log_every=4,
+              data_streams=0)
+
+# Each process: train to step 8 (train() joins and leaves the process group itself, as under torchrun), then
+# resume to the end inside a process group of its own making (train() uses it and leaves it alone).
+WORKER = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+torch.set_num_threads(1)
+from safetensors.torch import save_file
+from scoresde.train import TrainConfig, train
+
+cfg, out = TrainConfig(**json.loads(sys.argv[1])), sys.argv[2]
+rank = int(os.environ["RANK"])
+first = train(cfg, out, stop_at=8, progress=False)
+os.environ["MASTER_PORT"] = sys.argv[3]
+dist.init_process_group("gloo")
+rest = train(cfg, out, resume=True, progress=False)
+assert dist.is_initialized()
+dist.destroy_process_group()
+save_file({k: v.contiguous() for k, v in rest.net.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+json.dump({"losses": first.losses + rest.losses, "streams": rest.config.data_streams},
+          open(f"{out}/rank{rank}.json", "w"))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(world: int, out: Path) -> None:
+    ports = [str(_free_port()), str(_free_port())]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": ports[0],
+               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(CONFIG), str(out), ports[1]],
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        logs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
+
+
+def test_two_processes_match_one_process_with_two_streams(tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "ddp"
+    _launch(2, run)
+    w0, w1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # DDP keeps the replicas identical
+    r0, r1 = (json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1 and r0["streams"] == 2 and len(r0["losses"]) == 16  # all-reduced losses: the same everywhere
+
+    single = train(TrainConfig(**{**CONFIG, "data_streams": 2}), tmp_path / "one", progress=False)
+    assert single.losses == pytest.approx(r0["losses"], rel=1e-5, abs=1e-6)
+    for k, v in single.net.state_dict().items():
+        torch.testing.assert_close(w0[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # rank 0 alone wrote the checkpoints, holding both streams' generators; they load like any other
+    ck = load_checkpoint(run)
+    assert ck["step"] == 16 and ck["config"].data_streams == 2
+    state = torch.load(ck["path"] / "state.pt", weights_only=True)
+    assert len(state["generators"]) == 2 and len(state["torch_rng"]) == 2
+    assert not torch.equal(state["generators"][0], state["generators"][1])
+    for k, v in ck["net"].state_dict().items():
+        assert torch.equal(w0[k], v), k
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [4, 8, 12, 16]  # one log, written once
+
+
+def test_streams_must_divide_among_processes_and_batch():
+    with pytest.raises(ValueError, match="divisible by data_streams"):
+        TrainConfig(**{**CONFIG, "data_streams": 3}).validate()
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(**{**CONFIG, "amp": True}).validate()
+
+
+def test_one_process_resumes_with_the_saved_streams(tmp_path):
+    """A two-stream run stopped and resumed is the uninterrupted two-stream run, stream states and all."""
+    cfg = TrainConfig(**{**CONFIG, "data_streams": 2})
+    full = train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", progress=False, stop_at=8)
+    rest = train(TrainConfig(**CONFIG), tmp_path / "b", resume=True, progress=False)  # data_streams 0: as saved
+    assert rest.config.data_streams == 2 and rest.losses == full.losses[8:]
+    with pytest.raises(ValueError, match="2 data streams"):
+        train(TrainConfig(**{**CONFIG, "data_streams": 4}), tmp_path / "b", resume=True, progress=False)
