@@ -29,6 +29,7 @@ from scoresde.train import Model, TrainConfig, train  # noqa: E402
 
 WEIGHTS = (0.0, 1.0, 2.0, 4.0)
 SAMPLER, NFE = "dpm_solver_pp", 50
+SDE_SAMPLER, SDE_NFE = "euler_maruyama", 200  # at w = 1 also: on learned scores the SDE sampler is the more accurate
 
 
 def fit(net: dict, steps: int, **kw) -> tuple[Model, float]:
@@ -38,11 +39,11 @@ def fit(net: dict, steps: int, **kw) -> tuple[Model, float]:
     return Model(r.ema.eval(), r.process, cfg, r.step), r.seconds
 
 
-def sample(score, process, n: int, seed: int) -> torch.Tensor:
-    spec = get_sampler(SAMPLER)
+def sample(score, process, n: int, seed: int, sampler: str = SAMPLER, nfe: int = NFE) -> torch.Tensor:
+    spec = get_sampler(sampler)
     g = torch.Generator().manual_seed(seed)
     x = process.prior((n, 2), generator=g)
-    return spec(score, process, x, spec.grid_for(process, NFE), generator=g)
+    return spec(score, process, x, spec.grid_for(process, nfe), generator=g)
 
 
 def main() -> None:
@@ -82,18 +83,23 @@ def main() -> None:
                 row["sw_ratio"] = float(sliced_wasserstein(x, ref)) / floor
                 row["share_label3_n20000"] = float((target.class_log_prob(x.double()).argmax(1) == label)
                                                    .double().mean())
+                x = sample(make(label, w), process, n_sw, seed=99, sampler=SDE_SAMPLER, nfe=SDE_NFE)
+                row["sw_ratio_sde"] = float(sliced_wasserstein(x, ref)) / floor
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
     print(f"{SAMPLER} at NFE budget {NFE} (CFG and classifier guidance cost two evaluations per step)")
-    print(f"{'guidance':11s} {'w/scale':>7s} {'share':>7s} {'SW/floor (w=1, label 3)':>24s}")
+    print(f"{'guidance':11s} {'w/scale':>7s} {'share':>7s} {'SW/floor (w=1, label 3)':>24s} "
+          f"{SDE_SAMPLER + ' ' + str(SDE_NFE):>20s}")
     for r in rows:
         sw = f"{r['sw_ratio']:.2f}" if "sw_ratio" in r else ""
-        print(f"{r['guidance']:11s} {r['weight']:7.1f} {r['share']:7.3f} {sw:>24s}")
+        sde = f"{r['sw_ratio_sde']:.2f}" if "sw_ratio_sde" in r else ""
+        print(f"{r['guidance']:11s} {r['weight']:7.1f} {r['share']:7.3f} {sw:>24s} {sde:>20s}")
     # exact-score reference: the exact conditional's own share (ring8's components barely overlap)
     xe = exact.sample(n_sw, generator=g)
     exact_share = float((target.class_log_prob(xe.double()).argmax(1) == label).double().mean())
     print(f"exact conditional's own share: {exact_share:.4f}; SW floor {floor:.4g}")
     path = write_json("guidance", {"command": "python benchmarks/guidance.py", "sampler": SAMPLER, "nfe_budget": NFE,
+                                   "sde_sampler": SDE_SAMPLER, "sde_nfe": SDE_NFE,
                                    "train_seconds": {"cond": s_cond, "uncond": s_uncond, "classifier": s_clf},
                                    "sw_floor": floor, "exact_share": exact_share, "rows": rows})
     print(f"wrote {path}")
