@@ -190,6 +190,7 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
     """
     from . import guidance
     from .samplers import get_sampler
+    from .score import count_evals
     from toy_data.images import get_images
 
     if tuple(model.event_shape) != (1, 8, 8):
@@ -210,13 +211,15 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
         labels = None
         if conditional:
             labels = torch.arange(start, start + b, device=model.device) % model.num_classes
-            score = model.score_fn(labels) if w == 1 else guidance.classifier_free(
-                model.score_fn(labels), model.score_fn(None), w)
+            nets = [count_evals(model.score_fn(labels))] + ([count_evals(model.score_fn(None))] if w != 1 else [])
+            score = nets[0] if w == 1 else guidance.classifier_free(nets[0], nets[1], w)
         else:
-            score = model.score_fn()
+            nets = [count_evals(model.score_fn())]
+            score = nets[0]
         xs.append(spec(score, process, x, ts, generator=g if model.device.type == "cpu" else None,
                        progress=False).cpu())
         ys.append(None if labels is None else labels.cpu())
+        nfe = sum(c.nfe for c in nets)  # network evaluations per sampler call, measured
     seconds = time.perf_counter() - t0
     x = torch.cat(xs)
     train_set, test_set = get_images("digits", split="train"), get_images("digits", split="test")
@@ -226,7 +229,7 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
         torch.randint(len(train_set), (n,), generator=gr)
     fd = float(frechet_distance(_features(classifier, x), ref))
     floor = float(frechet_distance(_features(classifier, train_set.images[idx]), ref))
-    out = {"n": n, "sampler": sampler, "nfe": spec.nfe(len(ts) - 1) * (2 if conditional and w != 1 else 1),
+    out = {"n": n, "sampler": sampler, "nfe": nfe,
            "w": w if conditional else None, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor,
            "classifier_test_accuracy": classifier.test_accuracy, "seconds": seconds}
     if conditional:

@@ -125,6 +125,7 @@ def test_cli_train_sample_evaluate_digits(tmp_path, capsys, classifier_cache):
     assert main(["evaluate", "--checkpoint", str(run), "--n", "100", "--nfe", "6", "--device", str(DEVICE)]) == 0
     text = capsys.readouterr().out
     assert "class accuracy (CFG w = 1)" in text and "floor" in text and "test accuracy 0.9" in text
+    assert "dpm_solver_pp NFE 6," in text  # measured by count_evals: one network call per step at w = 1
     assert main(["evaluate", "--checkpoint", str(run), "--n", "1"]) != 0
     assert "at least 2" in capsys.readouterr().err
     ring = tmp_path / "ring"
