@@ -45,10 +45,15 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--lr-final", type=float, default=0.05, help="final lr as a fraction of --lr (cosine)")
     p.add_argument("--label-dropout", type=float, default=0.1)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (fast on CPUs with AMX / AVX512-BF16)")
+    p.add_argument("--weighting", default="sigma2", help="sigma2 (eps loss) or min_snr (with --snr-gamma)")
+    p.add_argument("--snr-gamma", type=float, default=5.0)
     p.add_argument("--sampler", default="dpm_solver_pp")
     p.add_argument("--nfe", type=int, default=20)
     p.add_argument("--w", type=float, default=1.0)
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=int, default=1000, help="samples per evaluation during training")
+    p.add_argument("--final-n", type=int, default=5000, help="samples in the final evaluation (standard error of a "
+                   "99 %% accuracy: 0.0014 at 5000, 0.003 at 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="train_digits", help="results file name")
@@ -64,13 +69,18 @@ def main() -> None:
     clf = load_digits_classifier(verbose=True)
     steps = args.steps
     if steps is None:  # calibrate: the cosine schedule should end when the budget does
-        probe = train(TrainConfig(data="digits", process=args.process, net=net, steps=10**6, batch=args.batch,
-                                  seed=args.seed), progress=False, max_seconds=10)
-        rate = probe.step / probe.seconds
+        # 3 s to warm up, then a resumed 10 s chunk (as the chunks below are) whose rate is the one measured
+        probe_cfg = TrainConfig(data="digits", process=args.process, net=net, steps=10**6, batch=args.batch,
+                                seed=args.seed, checkpoint_every=0, amp=args.amp)
+        with tempfile.TemporaryDirectory() as probe_dir:
+            first = train(probe_cfg, probe_dir, progress=False, max_seconds=3)
+            probe = train(probe_cfg, probe_dir, resume=True, progress=False, max_seconds=10)
+        rate = (probe.step - first.step) / probe.seconds
         steps = int(rate * args.budget)
         print(f"~{rate:.2f} steps/s: lr schedule over {steps} steps")
     cfg = TrainConfig(data="digits", process=args.process, net=net, steps=steps, batch=args.batch, lr=args.lr,
                       warmup=args.warmup, ema=args.ema, lr_final_ratio=args.lr_final, label_dropout=args.label_dropout,
+                      weighting=args.weighting, snr_gamma=args.snr_gamma, amp=args.amp,
                       seed=args.seed, checkpoint_every=0, log_every=25)
     rows = []
     trained, images = 0.0, 0
@@ -87,8 +97,9 @@ def main() -> None:
             images += len(res.losses) * args.batch
             k += 1
             model = load_model(run)
-            ev = evaluate_digits(model, n=args.n, w=args.w, sampler=args.sampler, nfe=args.nfe, seed=args.seed,
-                                 classifier=clf)
+            last = trained >= args.budget - 1 or res.step >= steps
+            ev = evaluate_digits(model, n=args.final_n if last else args.n, w=args.w, sampler=args.sampler,
+                                 nfe=args.nfe, seed=args.seed, classifier=clf)
             row = {"train_seconds": trained, "step": res.step, "images_per_s": images / trained,
                    "loss": sum(res.losses[-50:]) / max(1, len(res.losses[-50:])),
                    **{k2: v for k2, v in ev.items() if k2 != "classifier_test_accuracy"}}

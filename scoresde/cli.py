@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "steps (default: at each checkpoint for images, never for points; 0: never)")
     p.add_argument("--data-streams", type=int, default=0, help="independent data streams making up a batch "
                    "(default: one per torchrun process); batch is the global batch")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or CPUs with AMX / AVX512-BF16)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--no-preview", dest="preview", action="store_false", help="skip previews and samples.png")
     p.add_argument("--out", default="runs/train", type=Path)

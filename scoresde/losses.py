@@ -3,7 +3,9 @@
 With lambda(t) = sigma(t)² (the default) the objective is the eps-prediction loss ||eps_hat - eps||², where
 eps_hat = -sigma s is what the network's output converts to (score.py's `to_eps`), whatever it predicts.
 The other weightings are the likelihood weighting lambda = g(t)² (Song et al. 2021, "Maximum likelihood
-training of score-based diffusion models"; then the loss bounds the negative log-likelihood) and no weighting.
+training of score-based diffusion models"; then the loss bounds the negative log-likelihood), Min-SNR-gamma
+(Hang et al. 2023: lambda = sigma² min(SNR, gamma) / SNR with SNR = alpha² / sigma², i.e. the eps loss with the
+low-noise levels, SNR > gamma, down-weighted) and no weighting.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .score import to_eps
 
 __all__ = ["WEIGHTINGS", "sample_t", "dsm_loss", "ImportanceSampler", "classifier_loss"]
 
-WEIGHTINGS = ("sigma2", "likelihood", "none")
+WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "none")
 
 
 def sample_t(process: Process, n: int, *, generator: torch.Generator | None = None, device=None,
@@ -75,11 +77,13 @@ def dsm_loss(
     generator: torch.Generator | None = None,
     importance: ImportanceSampler | None = None,
     reduce: str = "mean",
+    snr_gamma: float = 5.0,
     **net_kwargs,
 ) -> Tensor:
     """Per-sample denoising score matching loss of net(x_t, sigma(t), **net_kwargs), which predicts `output`.
 
-    lambda(t) = sigma² ("sigma2", the eps-prediction loss), g² ("likelihood") or 1 ("none"); t is drawn by
+    lambda(t) = sigma² ("sigma2", the eps-prediction loss), g² ("likelihood"), sigma² min(SNR, snr_gamma) / SNR
+    ("min_snr") or 1 ("none"); t is drawn by
     `sample_t` (or by `importance`, likelihood weighting only) unless given. `reduce` averages ("mean") or sums
     ("sum", as in the likelihood bound) over the data dimensions. Returns a (B,) tensor.
     """
@@ -87,6 +91,8 @@ def dsm_loss(
         raise ValueError(f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if weighting == "min_snr" and not snr_gamma > 0:
+        raise ValueError(f"snr_gamma must be > 0 for the min_snr weighting, got {snr_gamma!r}")
     if importance is not None and weighting != "likelihood":
         raise ValueError(f"importance sampling of t is for the likelihood weighting, not {weighting!r}")
     b = x0.shape[0]
@@ -112,6 +118,9 @@ def dsm_loss(
         return loss * weight
     if weighting == "likelihood":
         return loss * (process._g2(t) / sigma.square())
+    if weighting == "min_snr":
+        snr = (alpha / sigma).square()
+        return loss * snr.clamp(max=snr_gamma) / snr
     if weighting == "none":
         return loss / sigma.square()
     return loss

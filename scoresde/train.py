@@ -119,6 +119,7 @@ class TrainConfig:
     clip: float | None = 1.0
     ema: float = 0.995
     weighting: str = "sigma2"
+    snr_gamma: float = 5.0  # gamma of the min_snr weighting
     importance: bool = False
     label_dropout: float = 0.0  # probability of the null label (classifier-free guidance training)
     seed: int = 0
@@ -127,7 +128,7 @@ class TrainConfig:
     log_every: int = 50
     keep: int = 2  # checkpoints kept on disk
     data_streams: int = 0  # independent data/noise streams making up each batch; 0: one per process
-    amp: bool = False  # bf16 autocast of the forward pass and loss (CUDA only; an error on CPU)
+    amp: bool = False  # bf16 autocast of the forward pass and loss (CUDA, or CPUs with bf16 units such as AMX)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -145,6 +146,8 @@ class TrainConfig:
             raise ValueError(f"ema decay must lie in [0, 1), got {self.ema!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose from {', '.join(WEIGHTINGS)}")
+        if not (self.snr_gamma > 0 and math.isfinite(self.snr_gamma)):
+            raise ValueError(f"snr_gamma must be a positive number, got {self.snr_gamma!r}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
         if self.clip is not None and not self.clip > 0:
@@ -156,9 +159,9 @@ class TrainConfig:
             raise ValueError(f"data_streams must be an integer >= 0 (0: one per process), got {self.data_streams!r}")
         if self.data_streams and self.batch % self.data_streams:
             raise ValueError(f"batch {self.batch} must be divisible by data_streams {self.data_streams}")
-        if self.amp and not str(self.device).startswith("cuda"):
-            raise ValueError(f"amp (bf16 autocast) is for CUDA devices; device is {self.device!r} (train in float32 "
-                             "on the CPU)")
+        if self.amp and str(self.device).split(":")[0] not in ("cuda", "cpu"):
+            raise ValueError(f"amp (bf16 autocast) is for CUDA and CPU devices; device is {self.device!r} (train "
+                             "without --amp)")
         if not isinstance(self.net, dict) or "name" not in self.net:
             raise ValueError(f"net must be a dict with a 'name', got {self.net!r}")
 
@@ -342,7 +345,7 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
 
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if config.amp else nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else nullcontext()
 
     def stream_loss(gen: torch.Generator) -> Tensor:
         """Mean loss of one stream's per_stream examples, all randomness from its generator."""
@@ -357,6 +360,7 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
                     y = torch.where(drop, torch.full_like(y, null), y)
                 kwargs["labels"] = y
             return dsm_loss(model, process, x0, output=output, weighting=config.weighting, generator=gen,
+                            snr_gamma=config.snr_gamma,
                             importance=importance, **kwargs).float().mean()
 
     params = [p for p in net.parameters()]

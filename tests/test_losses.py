@@ -58,15 +58,20 @@ def test_every_output_kind_gives_the_same_loss(kind):
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
 
 
-def test_weightings_are_sigma2_g2_and_one():
-    """lambda ||s + eps/sigma||²: sigma² gives the eps loss, g² the likelihood weighting, 1 the raw DSM loss."""
+def test_weightings_are_sigma2_g2_min_snr_and_one():
+    """lambda ||s + eps/sigma||²: sigma² gives the eps loss, g² the likelihood weighting, 1 the raw DSM loss,
+    and Min-SNR-5 is sigma² min(SNR, 5) / SNR: the eps loss where SNR <= 5, the x0 loss times 5 above."""
     process = VP()
     g = torch.Generator(DEVICE).manual_seed(2)
     x0 = torch.randn(64, 2, generator=g, device=DEVICE, dtype=torch.float64)
     t = sample_t(process, 64, generator=g, device=DEVICE, dtype=torch.float64)
     eps = torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
     zero = lambda x, sigma: torch.zeros_like(x)  # noqa: E731  score 0: ||eps/sigma||²
-    for w, lam in (("sigma2", process.sigma(t) ** 2), ("likelihood", process.g2(t)), ("none", torch.ones_like(t))):
+    snr = (process.alpha(t) / process.sigma(t)) ** 2
+    assert bool((snr > 5).any()) and bool((snr < 5).any())  # both branches of min(SNR, 5) are exercised
+    min_snr = process.sigma(t) ** 2 * torch.where(snr > 5, 5 / snr, torch.ones_like(snr))
+    for w, lam in (("sigma2", process.sigma(t) ** 2), ("likelihood", process.g2(t)), ("none", torch.ones_like(t)),
+                   ("min_snr", min_snr)):
         got = dsm_loss(zero, process, x0, t=t, eps=eps, output="score", weighting=w)
         expected = lam * (eps / process.sigma(t)[:, None]).square().mean(1)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
@@ -110,6 +115,8 @@ def test_bad_input():
     net = lambda x, sigma: x  # noqa: E731
     with pytest.raises(ValueError, match="'lambda2'"):
         dsm_loss(net, p, x0, weighting="lambda2")
+    with pytest.raises(ValueError, match="-1"):
+        dsm_loss(net, p, x0, weighting="min_snr", snr_gamma=-1.0)
     with pytest.raises(ValueError, match="'median'"):
         dsm_loss(net, p, x0, reduce="median")
     with pytest.raises(ValueError, match="shape"):
