@@ -108,12 +108,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     floors = measure(ref2)
     runs = [(n, b) for n in names for b in budgets]
-    records, samples = [], {}
+    records, samples, grids = [], {}, {}  # grids: an optimised grid is worth computing once
     for k in progress_steps(len(runs), None, "compare"):
         name, budget = runs[k]
         spec = specs[name]
         try:
-            ts = spec.grid_for(process, budget, args.grid)
+            ts = grids[name, budget] = spec.grid_for(process, budget, args.grid, score=make_score(),
+                                                     shape=target.event_shape, dtype=dtype, device=dev)
         except ValueError as e:
             print(f"skip {name} at NFE {budget}: {e}", file=sys.stderr)
             continue
@@ -159,7 +160,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             pts = []
             g = torch.Generator().manual_seed(args.seed + 2)
             x = process.prior((64,) + target.event_shape, generator=g, dtype=dtype).to(dev)
-            spec(make_score(), process, x, spec.grid_for(process, budget, args.grid),
+            ts = grids.get((name, budget))
+            if ts is None:
+                continue
+            spec(make_score(), process, x, ts,
                  generator=None if dev.type != "cpu" else g, callback=lambda info: pts.append(info["x"].cpu()))
             paths[f"{name} (NFE {budget})"] = torch.stack(pts)
         plot_trajectories(paths, ref, out_dir / "trajectories.png")
@@ -335,6 +339,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         args.n = 10000 if len(model.event_shape) == 1 else 100
     if args.n < 1:
         raise ValueError(f"--n must be positive, got {args.n}")
+    if args.grid == "optimized":
+        raise ValueError("--grid optimized is for `scoresde compare` (and schedules.optimized in Python), not sample")
     ts = spec.grid_for(process, args.nfe, args.grid)
     labels = None
     if args.label is not None and args.guidance != "classifier":
@@ -480,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process", default="vp", help=f"one of {', '.join(PROCESSES)}")
     p.add_argument("--samplers", default="all", help="comma-separated sampler names, or 'all'")
     p.add_argument("--nfe", default="10,20,50", help="comma-separated NFE budgets")
-    p.add_argument("--grid", default=None, help="override each sampler's grid: uniform_t, log_snr, karras, ddpm")
+    p.add_argument("--grid", default=None, help="override each sampler's grid: uniform_t, log_snr, karras, ddpm, jump, "
+                   "optimized (deterministic samplers: placed on a pilot batch, ~2000 pilot runs)")
     p.add_argument("--n", type=int, default=5000, help="samples per run")
     p.add_argument("--pairwise-n", type=int, default=2000, help="points used by the O(n²) metrics (mmd, energy)")
     p.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from ..processes import Process
-from ..schedules import GRIDS
+from ..schedules import GRIDS, PILOT_SEED, optimized
 from .langevin import annealed_langevin, langevin
 from .ode import ddim, dpm_solver_pp, euler, heun, probability_flow
 from .sde import ancestral, euler_maruyama, predictor_corrector
@@ -59,11 +59,34 @@ class SamplerSpec:
     def nfe(self, steps: int) -> int:
         return self.evals_per_step * steps + self.extra + 1
 
-    def grid_for(self, process: Process, nfe: int, grid: str | None = None) -> torch.Tensor:
+    def grid_for(
+        self,
+        process: Process,
+        nfe: int,
+        grid: str | None = None,
+        *,
+        score=None,
+        shape: tuple = (2,),
+        pilot: int = 1000,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        **options,
+    ) -> torch.Tensor:
+        """The grid `grid` (default: this sampler's) for an NFE budget. "optimized" needs the score; it draws a
+        pilot batch of `pilot` prior samples of event shape `shape` (dtype, device) with seed PILOT_SEED; options go to
+        schedules.optimized."""
         name = grid or self.grid
         if name not in GRIDS:
             raise ValueError(f"unknown grid {name!r}; choose from {', '.join(GRIDS)}")
-        return GRIDS[name](process, self.steps_for(nfe))
+        if name != "optimized":
+            return GRIDS[name](process, self.steps_for(nfe))
+        if score is None:
+            raise ValueError("the 'optimized' grid needs the score function (grid_for(..., score=score))")
+        if not self.deterministic:
+            raise ValueError(f"the 'optimized' grid is for deterministic samplers; {self.fn.__name__} is stochastic")
+        g = torch.Generator().manual_seed(PILOT_SEED)
+        x = process.prior((pilot, *shape), generator=g, dtype=dtype).to(device or "cpu")
+        return optimized(process, self.steps_for(nfe), score, self, x, **options)
 
     def __call__(self, score, process, x, ts, **kw):
         return self.fn(score, process, x, ts, **{**self.options, **kw})
