@@ -2,17 +2,17 @@
 >= 99% class accuracy (CFG w = 1) and a Fréchet distance within 1.5x its real-versus-real floor.
 
     python benchmarks/train_digits.py                   # the default recipe, 300 s, evaluated every 60 s
-    python benchmarks/train_digits.py --budget 120 --eval-seconds 30 --channels 32 --no-amp --sampler dpm_solver_pp --nfe 20
+    python benchmarks/train_digits.py --budget 120 --eval-seconds 30 --no-amp --sampler dpm_solver_pp --nfe 20
 
 Default recipe: UNet 24 channels (1, 2), DDPM-cosine with v-prediction, bf16 autocast (fast on CPUs with AMX), and
 evaluation with DDPM's ancestral sampler at NFE 100 (on these models the stochastic samplers score higher than the
 ODE ones; see RESULTS.md).
 
 Training runs in chunks of --eval-seconds (each chunk resumes the previous one's checkpoint exactly); after each the
-EMA weights are evaluated by scoresde.digits_classifier (n samples, --final-n at the end, labels 0..9 in turn; accuracy by the cached
-digits classifier; Fréchet distance on its penultimate features to the 359 held-out test digits; the floor is the
-same distance for n real train digits). Training time excludes evaluation. Prints a table and writes
-benchmarks/results/train_digits.json. One intra-op thread by default (--threads; the machine is shared).
+EMA weights are evaluated by scoresde.digits_classifier (n samples, --final-n at the end, labels 0..9 in turn;
+accuracy by the cached digits classifier; Fréchet distance on its penultimate features to the 359 held-out test
+digits; the floor is the same distance for n real train digits). Training time excludes evaluation. Prints a table
+and writes benchmarks/results/train_digits.json. One intra-op thread by default (--threads; the machine is shared).
 """
 
 from __future__ import annotations
