@@ -2,6 +2,7 @@
 
     python benchmarks/peers_quality.py                       # n = 20000, NFE 10, 20, 50, 100, 250
     python benchmarks/peers_quality.py --target grid25 --nfe 10,20,50
+    python benchmarks/peers_quality.py --rows scoresde --grid optimized --nfe 10,20,50   # ours on optimised grids
 
 Every sampler starts from the same x_T ~ N(0, I) and is scored with the same exact score (peers through the
 adapters of benchmarks/peers.py). Cells: log-density gap in standard errors / sliced W2 in units of its floor;
@@ -53,8 +54,12 @@ def run(kind, name, target, process, x_T, nfe, grid=None):
     g = torch.Generator().manual_seed(1)
     if kind == "ours":
         spec = SAMPLERS[name]
+        if grid == "optimized" and not spec.deterministic:
+            grid = None  # the optimised grid is for deterministic samplers; the stochastic ones keep their own
+        # the optimised grid's pilot batch is drawn with schedules.PILOT_SEED, independent of x_T (seed 0)
+        ts = spec.grid_for(process, nfe, grid, score=target.score_fn(process), shape=target.event_shape)
         score = count_evals(target.score_fn(process))
-        out = spec(score, process, x_T.clone(), spec.grid_for(process, nfe, grid), generator=g)
+        out = spec(score, process, x_T.clone(), ts, generator=g)
         return out, score.nfe
     fn = peers.run_diffusers if kind == "diffusers" else peers.run_kdiffusion
     return fn(name, target.score_fn(process), process, x_T.clone(), nfe, generator=g)
@@ -66,6 +71,10 @@ def main() -> None:
     ap.add_argument("--nfe", default="10,20,50,100,250")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--grid", default=None, help="time grid of our deterministic samplers (default: each one's own), "
+                    "e.g. optimized")
+    ap.add_argument("--rows", default=None, help="only the rows whose label contains this, e.g. scoresde")
+    ap.add_argument("--json", default="peers_quality", help="results file name in benchmarks/results/")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.nfe.split(",")]
@@ -78,10 +87,14 @@ def main() -> None:
     print(f"{'sampler':28s} " + " ".join(f"{b:>13d}" for b in budgets) + "  first passing NFE")
     records = []
     for label, (kind, name) in ROWS:
+        if args.rows is not None and args.rows not in label:
+            continue
+        if kind == "ours" and args.grid is not None:
+            label = f"{label} ({args.grid if SAMPLERS[name].deterministic else SAMPLERS[name].grid})"
         cells, first = [], None
         for b in budgets:
             try:
-                out, nfe = run(kind, name, target, process, x_T, b)
+                out, nfe = run(kind, name, target, process, x_T, b, args.grid if kind == "ours" else None)
             except (ValueError, RuntimeError) as e:
                 cells.append(f"{'err':>13s}")
                 print(f"  {label} at NFE {b}: {e}", file=sys.stderr)
@@ -94,7 +107,7 @@ def main() -> None:
             cells.append(f"{q['gap_z']:+7.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}".rjust(13))
         print(f"{label:28s} " + " ".join(cells) + f"  {first if first else '>' + str(budgets[-1])}", flush=True)
     print("cells: log-density gap in standard errors / sliced W2 in floors (measured NFE may be below the budget)")
-    path = write_json("peers_quality", {"target": args.target, "n": args.n, "budgets": budgets,
+    path = write_json(args.json, {"target": args.target, "n": args.n, "budgets": budgets,
                                         "versions": peers.peer_versions(), "records": records})
     print(f"wrote {path}")
 

@@ -2,6 +2,7 @@
 
     python benchmarks/quality_vs_nfe.py                      # ring8, grid25, aniso under VP; n = 20000
     python benchmarks/quality_vs_nfe.py --targets ring8 --processes vp,ve,ddpm --n 20000
+    python benchmarks/quality_vs_nfe.py --samplers unipc,dpm_solver_pp --grids jump,optimized --nfe 6,8,10,15,20
 
 Prints, per target and process, each sampler's log-density gap (in standard errors) and sliced W2 (in units of
 its noise floor) at each NFE, with the smallest NFE that passes both (|gap| < 3 se, SW2 < 1.5 floor); then the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,8 +27,12 @@ from scoresde.cli import make_process  # noqa: E402
 from scoresde.samplers import SAMPLERS  # noqa: E402
 
 
-def run(spec, target, process, nfe, n, grid=None):
-    ts = spec.grid_for(process, nfe, grid)
+def run(spec, target, process, nfe, n, grid=None, max_evals=2000):
+    # the optimised grid's pilot batch is drawn with schedules.PILOT_SEED, independent of the evaluation batch (seed 0)
+    extra = {}
+    if grid == "optimized":
+        extra = dict(score=target.score_fn(process), shape=target.event_shape, max_evals=max_evals)
+    ts = spec.grid_for(process, nfe, grid, **extra)
     score = count_evals(target.score_fn(process))
     g = torch.Generator().manual_seed(0)
     x = process.prior((n, 2), generator=g, dtype=torch.float64)
@@ -41,8 +47,10 @@ def main() -> None:
     ap.add_argument("--samplers", default="all")
     ap.add_argument("--nfe", default="6,8,10,15,20,30,50,100")
     ap.add_argument("--grids", default="uniform_t,log_snr,karras", help="grids tried for the deterministic samplers")
+    ap.add_argument("--max-evals", type=int, default=2000, help="sampler runs on the pilot batch for --grids optimized")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default="quality_vs_nfe", help="results file name in benchmarks/results/")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [int(v) for v in args.nfe.split(",")]
@@ -65,13 +73,16 @@ def main() -> None:
                     cells, first = [], None
                     for b in budgets:
                         try:
-                            out, nfe = run(spec, target, process, b, args.n, grid)
-                        except ValueError:
+                            t0 = time.perf_counter()
+                            out, nfe = run(spec, target, process, b, args.n, grid, args.max_evals)
+                            seconds = time.perf_counter() - t0
+                        except ValueError as e:
+                            print(f"  {name} on {grid} at NFE {b}: {e}", file=sys.stderr)
                             cells.append(f"{'-':>11s}")
                             continue
                         q = quality(target, out, ref, sw_floor)
                         records.append({"target": tname, "process": pname, "sampler": name, "grid": grid,
-                                        "budget": b, "nfe": nfe, **q})
+                                        "budget": b, "nfe": nfe, "seconds": seconds, **q})
                         mark = "*" if q["gap_ok"] and q["sw_ok"] else " "
                         if mark == "*" and first is None:
                             first = nfe
@@ -80,7 +91,7 @@ def main() -> None:
                     print(f"{name:20s} {grid:9s} " + " ".join(cells) + f"   {first if first else '>' + str(budgets[-1])}{default}",
                           flush=True)
     print("\ncells: log-density gap in standard errors / sliced W2 in floors; * = both within (3 se, 1.5x)")
-    path = write_json("quality_vs_nfe", {"n": args.n, "budgets": budgets, "records": records})
+    path = write_json(args.json, {"n": args.n, "budgets": budgets, "records": records})
     print(f"wrote {path}")
 
 
