@@ -119,8 +119,8 @@ def dsm_loss(
     if weighting == "likelihood":
         return loss * (process._g2(t) / sigma.square())
     if weighting == "min_snr":
-        snr = (alpha / sigma).square()
-        return loss * snr.clamp(max=snr_gamma) / snr
+        # min(SNR, gamma) / SNR written as min(1, gamma / SNR): no 0/0 where alpha² underflows
+        return loss * (snr_gamma * (sigma / alpha).square()).clamp(max=1.0)
     if weighting == "none":
         return loss / sigma.square()
     return loss

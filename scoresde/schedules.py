@@ -160,11 +160,13 @@ def optimized(
     `process.prior` with `generator`), solved by dopri5 to rtol/atol (1e-9 in float64, 1e-5 otherwise), then
     Tweedie's x0 at t_min, as every sampler ends. The interior times, parametrised by log-SNR increments, minimise
     the log of the mean Huber loss of ||sampler(x, ts) - reference||² (quadratic up to the `huber` quantile of the
-    first init grid's squared errors, so that pilots that cross between modes do not dominate) by Nelder-Mead
-    (first simplex: each log increment moved by `step`), started from the best of the `inits` grids; in the spirit of Xue et al. 2024 ("Accelerating diffusion sampling
-    with optimized time steps") and Sabour et al. 2024 ("Align Your Steps"). Only `score` is used, so it serves
-    learned models as well as exact ones. Cost: one ODE solve plus about max_evals * n score evaluations on the
-    pilot batch. Draw the pilot batch independently of the samples you evaluate.
+    first applicable init grid's squared errors, so that pilots that cross between modes do not dominate) by
+    Nelder-Mead (first simplex: each log increment moved by `step`), started from the best of the `inits` grids;
+    in the spirit of Xue et al. 2024 ("Accelerating diffusion sampling with optimized time steps") and Sabour et
+    al. 2024 ("Align Your Steps"). Only `score` is used, so it serves learned models as well as exact ones. Cost:
+    one ODE solve plus about max_evals sampler runs (max_evals * NFE score evaluations) on the pilot batch. Draw
+    the pilot batch independently of the samples you evaluate. A ValueError from the sampler on the first init
+    grid (bad sampler_options, a non-finite score) is raised; later ones mark a grid as infeasible.
     """
     from .samplers.ode import probability_flow  # samplers import this module
 
@@ -190,18 +192,20 @@ def optimized(
                            rtol=tol if rtol is None else rtol, atol=tol if atol is None else atol)
     dims = tuple(range(1, x.ndim))
 
-    def errors(logits) -> Tensor | None:
+    def errors(logits, strict: bool = False) -> Tensor | None:
         ts = _grid_from_increments(process, lam_ends, logits)
         try:
             out = sampler(score, process, x, ts, **sampler_options)
         except ValueError:  # a grid collapsed by round-off (times not strictly decreasing)
+            if strict:
+                raise
             return None
         return ((out - ref) ** 2).sum(dims)
 
-    def loss(logits) -> float:
+    def loss(logits, e: Tensor | None = None) -> float:
         # Huber in the distance: squared below sqrt(c), linear above, so that the few pilots whose trajectories
         # cross between modes (and move by the modes' spacing) do not outweigh the bulk
-        e = errors(logits)
+        e = errors(logits) if e is None else e
         if e is None:
             return math.inf
         v = float(torch.where(e < c, e, 2 * (c * e).sqrt() - c).mean())
@@ -215,11 +219,13 @@ def optimized(
             continue
         d = (lam[1:] - lam[:-1]).clamp_min(1e-12)
         logits = torch.log(d[1:] / d[0]).numpy()
+        e = None
         if c is None:  # the scale of the Huber loss: a quantile of the first grid's squared errors
-            e = errors(logits)
-            c = float(e[torch.isfinite(e)].quantile(huber)) if e is not None and bool(torch.isfinite(e).any()) else 0.0
+            e = errors(logits, strict=True)  # a valid grid: an error here is the sampler's or the score's
+            finite = e[torch.isfinite(e)]
+            c = float(finite.quantile(huber)) if finite.numel() else 0.0
             c = c if c > 0 else math.inf
-        starts.append((loss(logits), name, logits))
+        starts.append((loss(logits, e), name, logits))
     if not starts:
         raise ValueError(f"none of the initial grids {list(inits)!r} applies to {process!r}")
     best, _, logits = min(starts, key=lambda s: s[0])

@@ -75,6 +75,10 @@ def test_weightings_are_sigma2_g2_min_snr_and_one():
         got = dsm_loss(zero, process, x0, t=t, eps=eps, output="score", weighting=w)
         expected = lam * (eps / process.sigma(t)[:, None]).square().mean(1)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+    assert bool((snr > 0.5).any()) and bool((snr < 0.5).any())  # snr_gamma is used, not a fixed 5
+    got = dsm_loss(zero, process, x0, t=t, eps=eps, output="score", weighting="min_snr", snr_gamma=0.5)
+    expected = torch.clamp(0.5 / snr, max=1) * eps.square().mean(1)  # sigma² ||eps / sigma||² = ||eps||²
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
     summed = dsm_loss(zero, process, x0, t=t, eps=eps, output="score", reduce="sum")
     torch.testing.assert_close(summed, eps.square().sum(1))
 

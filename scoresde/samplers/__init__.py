@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from ..processes import Process
+from ..score import ScoreFn
 from ..schedules import GRIDS, PILOT_SEED, optimized
 from .langevin import annealed_langevin, langevin
 from .ode import ddim, dpm_solver_pp, euler, heun, probability_flow
@@ -65,21 +66,25 @@ class SamplerSpec:
         nfe: int,
         grid: str | None = None,
         *,
-        score=None,
-        shape: tuple = (2,),
+        score: ScoreFn | None = None,
+        shape: tuple[int, ...] = (2,),
         pilot: int = 1000,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         **options,
     ) -> torch.Tensor:
         """The grid `grid` (default: this sampler's) for an NFE budget. "optimized" needs the score; it draws a
-        pilot batch of `pilot` prior samples of event shape `shape` (dtype, device) with seed PILOT_SEED; options go to
-        schedules.optimized."""
+        pilot batch of `pilot` prior samples of event shape `shape` (dtype, device) with seed PILOT_SEED; options go
+        to schedules.optimized (and are an error with any other grid)."""
         name = grid or self.grid
         if name not in GRIDS:
             raise ValueError(f"unknown grid {name!r}; choose from {', '.join(GRIDS)}")
         if name != "optimized":
+            if options:
+                raise ValueError(f"options {sorted(options)} are for the 'optimized' grid, not {name!r}")
             return GRIDS[name](process, self.steps_for(nfe))
+        if not isinstance(pilot, int) or pilot < 1:
+            raise ValueError(f"pilot (the pilot batch size) must be a positive integer, got {pilot!r}")
         if score is None:
             raise ValueError("the 'optimized' grid needs the score function (grid_for(..., score=score))")
         if not self.deterministic:
