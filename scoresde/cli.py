@@ -300,7 +300,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             data=args.data, data_root=args.data_root, process=args.process, net=_net_config(args, data),
             steps=args.steps if args.steps is not None else 2000, batch=args.batch, lr=args.lr,
             optimizer=args.optimizer, warmup=args.warmup, clip=args.clip if args.clip > 0 else None, ema=args.ema,
-            weighting=args.weighting, importance=args.importance,
+            weighting=args.weighting, snr_gamma=args.snr_gamma, importance=args.importance,
             label_dropout=args.label_dropout if args.conditional else 0.0, seed=args.seed, device=args.device,
             checkpoint_every=args.checkpoint_every, data_streams=args.data_streams, amp=args.amp,
         )
@@ -527,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
     p.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default 0.995; 0.999 for "
                    "--net unet)")
-    p.add_argument("--weighting", default="sigma2", help="sigma2 (eps loss), likelihood (g²) or none")
+    p.add_argument("--weighting", default="sigma2", help="sigma2 (eps loss), likelihood (g²), min_snr (Min-SNR-gamma: "
+                   "the eps loss with levels of SNR > gamma down-weighted) or none")
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="gamma of --weighting min_snr (default 5)")
     p.add_argument("--importance", action="store_true", help="importance-sample t (likelihood weighting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

@@ -6,6 +6,7 @@ grid time (and, with `denoise=True`, returns Tweedie's x0 estimate at the last o
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -191,6 +192,8 @@ def optimized(
     ref = probability_flow(score, process, x, uniform_log_snr(process, 1), method="dopri5",
                            rtol=tol if rtol is None else rtol, atol=tol if atol is None else atol)
     dims = tuple(range(1, x.ndim))
+    if "progress" in inspect.signature(sampler).parameters:  # no bar per pilot run (there are ~max_evals of them)
+        sampler_options = {"progress": False, **sampler_options}
 
     def errors(logits, strict: bool = False) -> Tensor | None:
         ts = _grid_from_increments(process, lam_ends, logits)

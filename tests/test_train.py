@@ -268,3 +268,23 @@ def test_cli_likelihood_reports_nll_and_gap_to_exact(tmp_path, capsys):
     assert "mean NLL" in out and "NLL - exact" in out and "NFE 40" in out
     assert main(["likelihood", "--checkpoint", str(run), "--n", "20", "--divergence", "magic"]) != 0
     assert "'magic'" in capsys.readouterr().err
+
+
+def test_snr_gamma_reaches_the_loss(tmp_path):
+    """TrainConfig.snr_gamma is what the min_snr loss uses: a huge gamma is the eps loss (sigma2) step for step,
+    a small one is not; the CLI's --snr-gamma lands in the saved config."""
+    from scoresde.cli import main
+
+    base = dict(steps=5, log_every=1, checkpoint_every=0)
+    eps = train(_cfg(**base, weighting="sigma2"), progress=False).losses
+    huge = train(_cfg(**base, weighting="min_snr", snr_gamma=1e12), progress=False).losses
+    small = train(_cfg(**base, weighting="min_snr", snr_gamma=0.5), progress=False).losses
+    assert huge == pytest.approx(eps, rel=1e-6)
+    assert all(s < e for s, e in zip(small, eps))  # every weight min(1, gamma sigma²/alpha²) <= 1, most < 1
+    with pytest.raises(ValueError, match="snr_gamma.*-1"):
+        _cfg(snr_gamma=-1.0).validate()
+    run = tmp_path / "m"
+    assert main(["train", "--data", "moons", "--steps", "3", "--batch", "16", "--width", "8", "--depth", "1",
+                 "--weighting", "min_snr", "--snr-gamma", "0.5", "--no-preview", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["weighting"] == "min_snr" and saved["snr_gamma"] == 0.5
