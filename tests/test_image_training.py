@@ -1,6 +1,7 @@
 """Images through the same trainer and CLI: a tiny UNet learns on the digits, train -> sample -> evaluate from the
 command line, the cached digits classifier and the Fréchet distance it feeds."""
 
+import dataclasses
 import os
 
 import pytest
@@ -43,6 +44,9 @@ def test_a_few_steps_of_a_tiny_unet_lower_the_loss(conditional, amp):
     result = train(cfg, progress=False)
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert len(result.losses) == 30 and last < 0.6 * first, (first, last)  # measured: 0.97 -> 0.36
+    if amp:  # autocast is really on: the same seeded run in float32 gives different (unrounded) losses once the
+        fp32 = train(dataclasses.replace(cfg, amp=False, steps=3), progress=False).losses  # zero-init output moved
+        assert fp32[2] != result.losses[2] and fp32[2] == pytest.approx(result.losses[2], rel=0.05)
 
 
 def test_frechet_distance_matches_the_closed_form():
