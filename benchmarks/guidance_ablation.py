@@ -24,12 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
-from guidance import sample  # noqa: E402
+from guidance import fit, sample  # noqa: E402
 
 import toy_data  # noqa: E402
 from scoresde import guidance  # noqa: E402
 from scoresde.metrics import sliced_wasserstein  # noqa: E402
-from scoresde.train import Model, TrainConfig, latest_checkpoint, load_model, train  # noqa: E402
 
 
 def main() -> None:
@@ -45,18 +44,11 @@ def main() -> None:
     torch.set_num_threads(1)
     target, label, n = toy_data.ring8(), 3, 20000
 
-    def fit(net: dict, name: str) -> tuple[Model, float]:
-        cfg = TrainConfig(data="ring8", net={"name": "mlp", "width": args.width, "depth": args.depth,
-                                             "sigma_data": 1.42, **net},
-                          steps=args.steps, batch=args.batch, lr=args.lr, checkpoint_every=0)
-        run = None if args.keep is None else Path(args.keep) / name
-        if run is not None and latest_checkpoint(run) is not None:
-            return load_model(run), 0.0
-        r = train(cfg, run, progress=False)
-        return Model(r.ema.eval(), r.process, cfg, r.step), r.seconds
-
-    uncond, s_u = fit({}, "uncond")
-    clf, s_c = fit({"name": "mlp_classifier", "num_classes": 8}, "clf")
+    size = {"width": args.width, "depth": args.depth}
+    keep = None if args.keep is None else Path(args.keep)
+    train_kw = dict(batch=args.batch, lr=args.lr)
+    uncond, s_u = fit(size, args.steps, keep and keep / "uncond", **train_kw)
+    clf, s_c = fit({"name": "mlp_classifier", "num_classes": 8, **size}, args.steps, keep and keep / "clf", **train_kw)
     process = uncond.process
     print(f"trained {args.steps} steps, width {args.width}: unconditional {s_u:.0f} s, classifier {s_c:.0f} s",
           flush=True)

@@ -28,20 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
-from guidance import sample  # noqa: E402
+from guidance import fit, sample  # noqa: E402
 
 import toy_data  # noqa: E402
 from scoresde import guidance  # noqa: E402
 from scoresde.losses import sample_t  # noqa: E402
 from scoresde.metrics import sliced_wasserstein  # noqa: E402
-from scoresde.train import TrainConfig, latest_checkpoint, load_model, train  # noqa: E402
-
-
-def fit(run: Path, net: dict, steps: int) -> None:
-    if latest_checkpoint(run) is None:
-        cfg = TrainConfig(data="ring8", net={"name": "mlp", "depth": 3, "sigma_data": 1.42, **net}, steps=steps,
-                          batch=1024, lr=3e-3, checkpoint_every=0)
-        train(cfg, run, progress=False)
 
 
 def main() -> None:
@@ -58,12 +50,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     keep = Path(args.keep)
-    fit(keep / f"uncond_{args.uncond_steps}_{args.uncond_width}", {"width": args.uncond_width}, args.uncond_steps)
-    fit(keep / f"clf_{args.clf_steps}_{args.clf_width}",
-        {"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}, args.clf_steps)
+    uncond, _ = fit({"width": args.uncond_width}, args.uncond_steps,
+                    keep / f"uncond_{args.uncond_steps}_{args.uncond_width}")
+    clf, _ = fit({"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}, args.clf_steps,
+                 keep / f"clf_{args.clf_steps}_{args.clf_width}")
     target = toy_data.ring8()
-    uncond = load_model(keep / f"uncond_{args.uncond_steps}_{args.uncond_width}")
-    clf = load_model(keep / f"clf_{args.clf_steps}_{args.clf_width}")
     process = uncond.process
     s_uncond = uncond.score_fn()
     net = copy.deepcopy(clf.net).train().requires_grad_(True)
