@@ -90,7 +90,8 @@ def main() -> None:
         if args.rows is not None and args.rows not in label:
             continue
         if kind == "ours" and args.grid is not None:
-            label = f"{label} ({args.grid if SAMPLERS[name].deterministic else SAMPLERS[name].grid})"
+            used = SAMPLERS[name].grid if args.grid == "optimized" and not SAMPLERS[name].deterministic else args.grid
+            label = f"{label} ({used})"  # run() gives stochastic samplers their own grid only instead of 'optimized'
         cells, first = [], None
         for b in budgets:
             try:
