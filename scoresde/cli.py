@@ -303,6 +303,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             weighting=args.weighting, snr_gamma=args.snr_gamma, importance=args.importance,
             label_dropout=args.label_dropout if args.conditional else 0.0, seed=args.seed, device=args.device,
             checkpoint_every=args.checkpoint_every, data_streams=args.data_streams, amp=args.amp,
+            classifier_objective=args.classifier_objective, classifier_base=args.base, dsm_weight=args.dsm_weight,
         )
     make_process(config.process)  # fail early on a bad name
     scores = config.net.get("name") not in ("mlp_classifier", "encoder_classifier")
@@ -531,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the eps loss with levels of SNR > gamma down-weighted) or none")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="gamma of --weighting min_snr (default 5)")
     p.add_argument("--importance", action="store_true", help="importance-sample t (likelihood weighting)")
+    p.add_argument("--classifier-objective", default="ce", help="--net classifier: ce (cross-entropy) or guided_dsm "
+                   "(CE + DSM of --base's score plus the classifier's gradient: trains the gradient guidance uses)")
+    p.add_argument("--base", default=None, help="guided_dsm: run directory of the unconditional score model to guide")
+    p.add_argument("--dsm-weight", type=float, default=1.0, help="guided_dsm: weight of the DSM term (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--checkpoint-every", type=int, default=1000)

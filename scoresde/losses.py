@@ -19,9 +19,11 @@ from ._utils import append_dims
 from .processes import DiscreteVP, Process
 from .score import to_eps
 
-__all__ = ["WEIGHTINGS", "sample_t", "dsm_loss", "ImportanceSampler", "classifier_loss"]
+__all__ = ["WEIGHTINGS", "CLASSIFIER_OBJECTIVES", "sample_t", "dsm_loss", "ImportanceSampler", "classifier_loss",
+           "guided_dsm_classifier_loss"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "none")
+CLASSIFIER_OBJECTIVES = ("ce", "guided_dsm")
 
 
 def sample_t(process: Process, n: int, *, generator: torch.Generator | None = None, device=None,
@@ -148,3 +150,48 @@ def classifier_loss(
     alpha, sigma = process._alpha_sigma(t)
     x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
     return torch.nn.functional.cross_entropy(clf(x_t, sigma), labels.long(), reduction="none")
+
+
+def guided_dsm_classifier_loss(
+    clf: Callable[[Tensor, Tensor], Tensor],
+    base_score: Callable[[Tensor, Tensor], Tensor],
+    process: Process,
+    x0: Tensor,
+    labels: Tensor,
+    *,
+    dsm_weight: float = 1.0,
+    t: Tensor | None = None,
+    eps: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-sample CE + dsm_weight * ||sigma (s_base(x_t, t) + ∇_x log p(y | x_t)) + eps||² (mean over dimensions).
+
+    Classifier guidance uses only the classifier's gradient, and cross-entropy trains its labels, not its gradient.
+    The second term is DSM (eps-loss weighting) of the guided score s_base + ∇_x log p_clf(y | x_t), with the base
+    (unconditional) score frozen: its minimiser over gradient fields is ∇_x log p(y | x_t) = s(x_t | y) − s_base, the
+    exact classifier gradient when s_base is exact, and otherwise the one that also corrects the base model's error
+    on labelled data. `base_score(x, t)` is a ScoreFn; no gradient flows into it. Returns a (B,) tensor.
+    """
+    b = x0.shape[0]
+    if labels.shape != (b,):
+        raise ValueError(f"labels must have shape ({b},), got {tuple(labels.shape)}")
+    if not (dsm_weight >= 0 and dsm_weight < float("inf")):
+        raise ValueError(f"dsm_weight must be a finite number >= 0, got {dsm_weight!r}")
+    if t is None:
+        t = sample_t(process, b, generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        process.check_t(t)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    alpha, sigma = process._alpha_sigma(t)
+    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
+    with torch.no_grad():
+        s_base = base_score(x_t, t)
+    x_t.requires_grad_(True)
+    with torch.enable_grad():
+        logits = clf(x_t, sigma)
+        log_p = logits.log_softmax(-1).gather(1, labels.long()[:, None])[:, 0]
+        (grad,) = torch.autograd.grad(log_p.sum(), x_t, create_graph=True)
+    ce = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+    guided = append_dims(sigma, x0.ndim) * (s_base.to(grad.dtype) + grad) + eps
+    return ce + dsm_weight * guided.square().flatten(1).mean(1)

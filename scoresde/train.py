@@ -40,7 +40,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .losses import WEIGHTINGS, ImportanceSampler, classifier_loss, dsm_loss
+from .losses import (CLASSIFIER_OBJECTIVES, WEIGHTINGS, ImportanceSampler, classifier_loss, dsm_loss,
+                     guided_dsm_classifier_loss)
 from .nets import build_net, is_classifier
 from .processes import VE, VP, DiscreteVP, Process, SubVP
 from .score import ScoreFn, score_from_prediction
@@ -122,6 +123,9 @@ class TrainConfig:
     snr_gamma: float = 5.0  # gamma of the min_snr weighting
     importance: bool = False
     label_dropout: float = 0.0  # probability of the null label (classifier-free guidance training)
+    classifier_objective: str = "ce"  # noise-aware classifiers: "ce", or "guided_dsm" (CE + DSM of base + ∇ log p)
+    classifier_base: str | None = None  # guided_dsm: the frozen unconditional score model (run or checkpoint dir)
+    dsm_weight: float = 1.0  # guided_dsm: weight of the DSM term
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 1000
@@ -148,6 +152,14 @@ class TrainConfig:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose from {', '.join(WEIGHTINGS)}")
         if not (self.snr_gamma > 0 and math.isfinite(self.snr_gamma)):
             raise ValueError(f"snr_gamma must be a positive number, got {self.snr_gamma!r}")
+        if self.classifier_objective not in CLASSIFIER_OBJECTIVES:
+            raise ValueError(f"unknown classifier_objective {self.classifier_objective!r}; choose from "
+                             f"{', '.join(CLASSIFIER_OBJECTIVES)}")
+        if self.classifier_objective == "guided_dsm" and not self.classifier_base:
+            raise ValueError("classifier_objective 'guided_dsm' needs classifier_base, the unconditional score "
+                             "model's run directory")
+        if not (self.dsm_weight >= 0 and math.isfinite(self.dsm_weight)):
+            raise ValueError(f"dsm_weight must be a finite number >= 0, got {self.dsm_weight!r}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
         if self.clip is not None and not self.clip > 0:
@@ -329,6 +341,15 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
     if conditional and not getattr(data, "num_classes", 0):
         what = "a classifier" if classify else "a class-conditional network"
         raise ValueError(f"{what} needs labelled data; {config.data!r} has no labels")
+    if not classify and config.classifier_objective != "ce":
+        raise ValueError(f"classifier_objective {config.classifier_objective!r} is for noise-aware classifiers, "
+                         f"not {config.net.get('name')!r}")
+    base_score = None
+    if config.classifier_objective == "guided_dsm":
+        if ctx.world > 1:
+            raise ValueError("classifier_objective 'guided_dsm' trains in one process: its double backward through "
+                             "DistributedDataParallel is not supported; run without torchrun")
+        base_score = _base_score(config, net, device)
     null = getattr(net, "num_classes", 0)
     output = getattr(net, "output", "eps")
     importance = ImportanceSampler(process) if config.importance else None
@@ -351,6 +372,9 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
         """Mean loss of one stream's per_stream examples, all randomness from its generator."""
         x0, y = _sample_batch(data, per_stream, gen, device, conditional)
         with autocast():
+            if base_score is not None:
+                return guided_dsm_classifier_loss(model, base_score, process, x0, y, dsm_weight=config.dsm_weight,
+                                                  generator=gen).float().mean()
             if classify:
                 return classifier_loss(model, process, x0, y, generator=gen).float().mean()
             kwargs = {}
@@ -478,6 +502,21 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
         if log_f is not None:
             log_f.close()
     return TrainResult(net, ema, process, config, losses, step, time.perf_counter() - t_start)
+
+
+def _base_score(config: TrainConfig, net: nn.Module, device) -> ScoreFn:
+    """The frozen base score of the guided_dsm classifier objective, checked against the classifier's run."""
+    path = str(config.classifier_base)
+    base = load_model(path, device=device)  # FileNotFoundError naming the path when it holds no checkpoint
+    if is_classifier(base.net):
+        raise ValueError(f"classifier_base {path!r} is a classifier; it must be a score model")
+    if base.config.process != config.process:
+        raise ValueError(f"classifier_base {path!r} was trained on process {base.config.process!r}, the "
+                         f"classifier on {config.process!r}")
+    if tuple(base.event_shape) != tuple(net.event_shape):
+        raise ValueError(f"classifier_base {path!r} models shape {tuple(base.event_shape)}, the classifier "
+                         f"{tuple(net.event_shape)}")
+    return base.score_fn()
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------

@@ -4,13 +4,16 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import toy_data
 from scoresde import VE, VP, DiscreteVP, SubVP
-from scoresde.losses import ImportanceSampler, dsm_loss, sample_t
+from scoresde.losses import ImportanceSampler, classifier_loss, dsm_loss, guided_dsm_classifier_loss, sample_t
 from scoresde.score import convert
 
 from .conftest import DEVICE
+from .strategies import mixtures, processes, seeds
 
 
 def _exact_net(mixture, process, kind):
@@ -139,3 +142,65 @@ def test_the_fused_alpha_sigma_of_the_loss_matches_the_process(process):
     alpha, sigma = process._alpha_sigma(t)
     torch.testing.assert_close(alpha, process.alpha(t), rtol=1e-14, atol=1e-15)
     torch.testing.assert_close(sigma, process.sigma(t), rtol=1e-14, atol=1e-15)
+
+
+@settings(max_examples=20)
+@given(mixtures(labelled=True), processes(), seeds, st.floats(0.0, 3.0))
+def test_guided_dsm_classifier_loss_of_the_exact_classifier_is_ce_plus_the_conditional_dsm(mixture, process, seed,
+                                                                                           weight):
+    """With the exact unconditional score as base and the exact log p_t(y | x) as the classifier, the guided score
+    is the exact conditional score, so the loss is the cross-entropy plus weight times the DSM loss of the exact
+    conditional score model (same t, same eps), term by term."""
+    g = torch.Generator().manual_seed(seed)
+    n = 32
+    x0, y = mixture.sample(n, generator=g, dtype=torch.float64, return_labels=True)
+    x0, y = x0.to(DEVICE), y.to(DEVICE)
+    t = (process.t_min + (process.t_max - process.t_min) * torch.rand(n, generator=g, dtype=torch.float64)).to(DEVICE)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(DEVICE)
+    base = mixture.score_fn(process)
+
+    def clf(x, sigma):  # exact logits: log p_t(y | x) (t known to the test)
+        return mixture.class_log_prob(x, process, t)
+
+    def cond_net(x, sigma):  # exact conditional score of each row's own class, as an 'output=score' network
+        return torch.stack([mixture.conditional(int(k)).score(x[i:i + 1], process, t[i:i + 1])[0]
+                            for i, k in enumerate(y)])
+
+    got = guided_dsm_classifier_loss(clf, base, process, x0, y, dsm_weight=weight, t=t, eps=eps)
+    x_t = process.perturb(x0, t, eps)
+    ce = torch.nn.functional.cross_entropy(clf(x_t, None), y.long(), reduction="none")
+    want = ce + weight * dsm_loss(cond_net, process, x0, output="score", t=t, eps=eps)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_guided_dsm_classifier_loss_trains_only_the_classifier_and_checks_its_input():
+    """The base score is frozen (no gradient reaches it); the classifier gets gradients through its input gradient
+    (double backward); at dsm_weight 0 the loss is classifier_loss's cross-entropy."""
+    p = VP()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(64, 2, generator=g).to(DEVICE)
+    y = (x0[:, 0] > 0).long()
+    clf = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).to(DEVICE)
+    base_w = torch.ones(1, device=DEVICE, requires_grad=True)
+    base = lambda x, t: -x * base_w  # noqa: E731
+    net = lambda x, sigma: clf(x)  # noqa: E731
+    t = torch.full((64,), 0.3, device=DEVICE)
+    loss = guided_dsm_classifier_loss(net, base, p, x0, y, t=t, generator=torch.Generator(DEVICE).manual_seed(1))
+    loss.mean().backward()
+    assert base_w.grad is None
+    # only the DSM term reaches the first layer's bias through the input gradient's dependence on it... and the
+    # CE term too; check the DSM term alone moves the weights: weight 0 and weight 1 give different gradients
+    g1 = clf[0].weight.grad.clone()
+    clf.zero_grad()
+    ce_only = guided_dsm_classifier_loss(net, base, p, x0, y, dsm_weight=0.0, t=t,
+                                         generator=torch.Generator(DEVICE).manual_seed(1))
+    ce_only.mean().backward()
+    assert not torch.allclose(g1, clf[0].weight.grad)
+    ref = classifier_loss(net, p, x0, y, t=t, generator=torch.Generator(DEVICE).manual_seed(1))
+    torch.testing.assert_close(ce_only, ref)
+    with pytest.raises(ValueError, match=r"\(64,\)"):
+        guided_dsm_classifier_loss(net, base, p, x0, y[:10])
+    with pytest.raises(ValueError, match="-1"):
+        guided_dsm_classifier_loss(net, base, p, x0, y, dsm_weight=-1.0)
+    with pytest.raises(ValueError, match="t = 2.0"):
+        guided_dsm_classifier_loss(net, base, p, x0.cpu(), y.cpu(), t=torch.full((64,), 2.0))

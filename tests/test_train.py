@@ -288,3 +288,81 @@ def test_snr_gamma_reaches_the_loss(tmp_path):
                  "--weighting", "min_snr", "--snr-gamma", "0.5", "--no-preview", "--out", str(run)]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["weighting"] == "min_snr" and saved["snr_gamma"] == 0.5
+
+
+def _guided_score_error(base: Model, clf: Model, n: int = 512) -> float:
+    """E sigma² ||s_base + ∇ log p_clf(y | x_t) - s_exact(x_t | y)||² over labels y, t ~ U and x_t ~ p_t(x | y):
+    the error of classifier guidance at scale 1, against the exact conditional score of ring8."""
+    target, p = toy_data.ring8(), base.process
+    g = torch.Generator().manual_seed(5)
+    errs = []
+    for y in range(target.num_classes):
+        cond = target.conditional(y)
+        x0 = cond.sample(n, generator=g)
+        t = p.t_min + (p.t_max - p.t_min) * torch.rand(n, generator=g)
+        x = p.perturb(x0, t, torch.randn(x0.shape, generator=g)).to(DEVICE).requires_grad_(True)
+        t = t.to(DEVICE)
+        (grad,) = torch.autograd.grad(clf.log_prob_fn(y)(x, t).sum(), x)
+        guided = base.score_fn()(x.detach(), t) + grad
+        errs.append((p.sigma(t)[:, None] * (guided - cond.score(x.detach(), p, t))).square().sum(1).mean())
+    return float(torch.stack(errs).mean())
+
+
+def test_guided_dsm_classifier_objective_trains_the_gradient_guidance_uses(tmp_path):
+    """classifier_objective='guided_dsm' (CE + DSM of a frozen base score plus the classifier's gradient) makes
+    classifier guidance at scale 1 closer to the exact conditional score than cross-entropy alone, at the same
+    steps, data and seed (measured here: eps-weighted error 0.052 vs 0.073, ratio 0.71; seeds 1, 2: 0.71, 0.79)."""
+    run = tmp_path / "base"
+    common = dict(batch=256, steps=1000, warmup=50, checkpoint_every=0, log_every=50)
+    train(_cfg(net={"name": "mlp", "width": 64, "depth": 2, "sigma_data": 1.42}, **common), run, progress=False)
+    base = load_model(run, device=DEVICE)
+    clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": 64, "depth": 2}
+    errors = {}
+    for objective in ("ce", "guided_dsm"):
+        cfg = _cfg(net=clf_net, classifier_objective=objective, dsm_weight=4.0,
+                   classifier_base=str(run) if objective == "guided_dsm" else None, **common)
+        r = train(cfg, tmp_path / objective, progress=False)
+        errors[objective] = _guided_score_error(base, Model(r.ema.eval(), r.process, cfg, r.step))
+    assert errors["guided_dsm"] < 0.8 * errors["ce"], errors
+    # the saved config names the objective and its base, so the run resumes with them
+    saved = load_checkpoint(tmp_path / "guided_dsm")["config"]
+    assert (saved.classifier_objective, saved.classifier_base, saved.dsm_weight) == ("guided_dsm", str(run), 4.0)
+
+
+def test_guided_dsm_bad_input(tmp_path, capsys):
+    from scoresde.cli import main
+
+    clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": 16, "depth": 1}
+    with pytest.raises(ValueError, match="'hinge'"):
+        _cfg(net=clf_net, classifier_objective="hinge").validate()
+    with pytest.raises(ValueError, match="classifier_base"):
+        _cfg(net=clf_net, classifier_objective="guided_dsm").validate()
+    with pytest.raises(ValueError, match="dsm_weight.*-2"):
+        _cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base="x", dsm_weight=-2.0).validate()
+    with pytest.raises(ValueError, match="for noise-aware classifiers"):
+        train(_cfg(classifier_objective="guided_dsm", classifier_base="x", steps=1), progress=False)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train(_cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base=str(tmp_path / "nowhere"),
+                   steps=1), progress=False)
+    clf_run, ve_run = tmp_path / "clf", tmp_path / "ve"
+    train(_cfg(net=clf_net, steps=2, checkpoint_every=0), clf_run, progress=False)
+    train(_cfg(process="ve", steps=2, checkpoint_every=0), ve_run, progress=False)
+    with pytest.raises(ValueError, match="is a classifier"):
+        train(_cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base=str(clf_run), steps=1),
+              progress=False)
+    with pytest.raises(ValueError, match="'ve'"):
+        train(_cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base=str(ve_run), steps=1),
+              progress=False)
+    # the CLI: one line, non-zero exit; and a working run with --base
+    assert main(["train", "--net", "classifier", "--data", "ring8", "--classifier-objective", "guided_dsm",
+                 "--out", str(tmp_path / "c1")]) != 0
+    assert "classifier_base" in capsys.readouterr().err
+    base = tmp_path / "b"
+    common = ["--data", "ring8", "--steps", "3", "--batch", "16", "--width", "8", "--depth", "1", "--no-preview",
+              "--device", str(DEVICE)]
+    assert main(["train", *common, "--out", str(base)]) == 0
+    assert main(["train", "--net", "classifier", *common, "--classifier-objective", "guided_dsm", "--base",
+                 str(base), "--dsm-weight", "2", "--out", str(tmp_path / "c2")]) == 0
+    saved = json.loads((tmp_path / "c2" / "config.json").read_text())
+    assert (saved["classifier_objective"], saved["classifier_base"], saved["dsm_weight"]) == \
+        ("guided_dsm", str(base), 2.0)
