@@ -11,6 +11,7 @@ from scoresde import VE, VP, DiscreteVP, count_evals
 from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers import (
     SAMPLERS,
+    analytic_x0_var,
     ancestral,
     ddim,
     dpm_solver_pp,
@@ -20,7 +21,7 @@ from scoresde.samplers import (
     langevin,
     probability_flow,
 )
-from scoresde.schedules import karras, uniform_log_snr, uniform_t
+from scoresde.schedules import jump_log_snr, karras, uniform_log_snr, uniform_t
 from toy_data import GaussianMixture
 
 from .conftest import DEVICE
@@ -28,6 +29,7 @@ from .conftest import DEVICE
 # NFE budgets at which each sampler should be close to the target on exact scores (stochastic ones need more).
 BUDGET = {
     "ancestral": 100,
+    "ancestral_analytic": 50,
     "euler_maruyama": 200,
     "predictor_corrector": 200,
     "annealed_langevin": 506,
@@ -171,6 +173,65 @@ def test_ddim_with_eta_one_is_the_ancestral_sampler():
     assert torch.allclose(a, d, rtol=1e-9, atol=1e-9)
     d0 = ddim(target.score_fn(process), process, x, ts, eta=0.0, noise=noise)
     assert not torch.allclose(a, d0, atol=1e-3)
+
+
+# -- Analytic-DPM's reverse variance (ancestral with x0_var) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("process", [VP(), DiscreteVP.linear(), VE(0.01, 10.0)], ids=["vp", "ddpm", "ve"])
+def test_analytic_x0_var_is_the_gaussian_posterior_variance(process):
+    # for N(m, s0² I) data, Cov[x0 | x_t] = s0² sigma² / (alpha² s0² + sigma²) I exactly, at every x_t
+    s0 = 0.3
+    target = GaussianMixture.isotropic([1.0], [[1.0, -0.5]], s0)
+    ts = jump_log_snr(process, 10)
+    x = process.prior((1000, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    v = analytic_x0_var(target.score_fn(process), process, ts, x)
+    a, s = process.alpha(ts[:-1]), process.sigma(ts[:-1])
+    exact = s0**2 * s**2 / (a**2 * s0**2 + s**2)
+    assert v.shape == (10,) and v.dtype == torch.float64
+    assert torch.allclose(v, exact, rtol=0.03), (v, exact)
+
+
+def test_ancestral_with_the_x0_variance_keeps_the_marginal_variance():
+    # one big step t -> s from exact x_t of N(m, s0² I) data: with the exact x0 variance the step is the exact
+    # posterior q(x_s | x_t), so x_s has p_s's variance; DDPM's plug-in step (x0_var=None) falls short of it
+    s0, t, s = 0.3, 0.6, 0.05
+    process = VP()
+    target = GaussianMixture.isotropic([1.0], [[1.0, -0.5]], s0)
+    ts = torch.tensor([t, s], dtype=torch.float64)
+    a_t, sig_t = process.alpha(ts), process.sigma(ts)
+    g = torch.Generator().manual_seed(0)
+    n = 40000
+    x = (a_t[0] * torch.tensor([1.0, -0.5], dtype=torch.float64)
+         + (a_t[0] ** 2 * s0**2 + sig_t[0] ** 2).sqrt() * torch.randn(n, 2, generator=g, dtype=torch.float64))
+    x0_var = [s0**2 * sig_t[0] ** 2 / (a_t[0] ** 2 * s0**2 + sig_t[0] ** 2)]
+    var_s = float(a_t[1] ** 2 * s0**2 + sig_t[1] ** 2)
+    outs = {}
+    for key, v in [("analytic", x0_var), ("plain", None)]:
+        gen = torch.Generator(device=DEVICE).manual_seed(1)
+        outs[key] = ancestral(target.score_fn(process), process, x.to(DEVICE), ts, x0_var=v, generator=gen,
+                              denoise=False).var(0).mean().item()
+    assert outs["analytic"] == pytest.approx(var_s, rel=0.02)
+    assert outs["plain"] < 0.9 * var_s
+
+
+def test_ancestral_analytic_spec_runs_its_pilot_unless_given_x0_var():
+    target, process = toy_data.ring8(), VP()
+    spec = get_sampler("ancestral_analytic")
+    ts = spec.grid_for(process, 12)
+    x = process.prior((50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    noise = _caller_noise(50)
+    opts = spec.pilot_options(target.score_fn(process), process, ts, x)
+    assert set(opts) == {"x0_var"} and opts["x0_var"].shape == (11,) and bool((opts["x0_var"] > 0).all())
+    auto = spec(target.score_fn(process), process, x, ts, noise=noise)
+    given = ancestral(target.score_fn(process), process, x, ts, noise=noise, x0_var=opts["x0_var"])
+    assert torch.equal(auto, given)
+    plain = spec(target.score_fn(process), process, x, ts, noise=noise, x0_var=torch.zeros(11))
+    assert torch.equal(plain, ancestral(target.score_fn(process), process, x, ts, noise=noise))
+    with pytest.raises(ValueError, match="x0_var must hold 11 finite non-negative values"):
+        ancestral(target.score_fn(process), process, x, ts, x0_var=[0.1] * 10)
+    with pytest.raises(ValueError, match="x0_var must hold 11 finite non-negative values"):
+        ancestral(target.score_fn(process), process, x, ts, x0_var=[-0.1] + [0.1] * 10)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

@@ -12,15 +12,16 @@ from typing import Callable
 import torch
 
 from ..processes import Process
-from ..score import ScoreFn
+from ..score import ScoreFn, count_evals
 from ..schedules import GRIDS, PILOT_SEED, optimized
 from .langevin import annealed_langevin, langevin
 from .ode import ddim, dpm_solver_pp, euler, heun, probability_flow
-from .sde import ancestral, euler_maruyama, predictor_corrector
+from .sde import analytic_x0_var, ancestral, euler_maruyama, predictor_corrector
 from .unipc import unipc
 
 __all__ = [
     "ancestral",
+    "analytic_x0_var",
     "annealed_langevin",
     "ddim",
     "dpm_solver_pp",
@@ -39,7 +40,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """How to run a sampler at an NFE budget: NFE = evals_per_step * steps + extra (+1 for the final denoise)."""
+    """How to run a sampler at an NFE budget: NFE = evals_per_step * steps + extra (+1 for the final denoise).
+
+    pilot: for samplers with options estimated once per model and grid (Analytic-DPM's x0 variance), a function
+    (score, process, ts, x_pilot) -> {name: value for name in pilot_keys}; see `pilot_options`. A call that does
+    not pass those options computes them first, with the score unwrapped from count_evals: like the optimised
+    grid's search, the pilot's score evaluations are a one-off per model and grid, not counted in the NFE.
+    """
 
     fn: Callable
     grid: str
@@ -47,6 +54,8 @@ class SamplerSpec:
     extra: int = 0
     deterministic: bool = False
     options: dict = field(default_factory=dict)
+    pilot: Callable | None = None
+    pilot_keys: tuple[str, ...] = ()
 
     def steps_for(self, nfe: int) -> int:
         """The most steps whose NFE (with the final denoising evaluation) fits in the budget."""
@@ -93,12 +102,30 @@ class SamplerSpec:
         x = process.prior((pilot, *shape), generator=g, dtype=dtype).to(device or "cpu")
         return optimized(process, self.steps_for(nfe), score, self, x, **options)
 
+    def pilot_options(
+        self, score: ScoreFn, process: Process, ts: torch.Tensor, x: torch.Tensor, size: int = 1000
+    ) -> dict:
+        """The options `pilot` estimates (none without one), on `size` prior samples drawn with seed PILOT_SEED in
+        x's event shape, dtype and device: like the optimised grid's, independent of x and of the sampler's noise."""
+        if self.pilot is None:
+            return {}
+        g = torch.Generator().manual_seed(PILOT_SEED)
+        xp = process.prior((size, *x.shape[1:]), generator=g, dtype=x.dtype).to(x.device)
+        return self.pilot(score, process, ts, xp)
+
     def __call__(self, score, process, x, ts, **kw):
-        return self.fn(score, process, x, ts, **{**self.options, **kw})
+        opts = {**self.options, **kw}
+        if self.pilot is not None and not any(k in opts for k in self.pilot_keys):
+            base = score.score if isinstance(score, count_evals) else score
+            opts.update(self.pilot_options(base, process, ts, x))
+        return self.fn(score, process, x, ts, **opts)
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "ancestral": SamplerSpec(ancestral, "uniform_t"),
+    # Analytic-DPM's reverse variance, its x0 variance estimated on a pilot batch (see analytic_x0_var)
+    "ancestral_analytic": SamplerSpec(ancestral, "jump", pilot_keys=("x0_var",), pilot=lambda score, process, ts, x: {
+        "x0_var": analytic_x0_var(score, process, ts, x)}),
     "euler_maruyama": SamplerSpec(euler_maruyama, "uniform_t"),
     "predictor_corrector": SamplerSpec(predictor_corrector, "uniform_t", evals_per_step=2),
     "annealed_langevin": SamplerSpec(annealed_langevin, "uniform_t", evals_per_step=5, extra=5, options={"n_steps": 5}),
