@@ -304,6 +304,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             label_dropout=args.label_dropout if args.conditional else 0.0, seed=args.seed, device=args.device,
             checkpoint_every=args.checkpoint_every, data_streams=args.data_streams, amp=args.amp,
             classifier_objective=args.classifier_objective, classifier_base=args.base, dsm_weight=args.dsm_weight,
+            init=args.init,
         )
     make_process(config.process)  # fail early on a bad name
     scores = config.net.get("name") not in ("mlp_classifier", "encoder_classifier")
@@ -545,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: one per torchrun process); batch is the global batch")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or CPUs with AMX / AVX512-BF16)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init", default=None, help="fine-tune: start from this run's EMA weights (same network "
+                   "options), with a fresh optimiser and schedule")
     p.add_argument("--no-preview", dest="preview", action="store_false", help="skip previews and samples.png")
     p.add_argument("--out", default="runs/train", type=Path)
     p.set_defaults(func=_cmd_train)

@@ -126,6 +126,7 @@ class TrainConfig:
     classifier_objective: str = "ce"  # noise-aware classifiers: "ce", or "guided_dsm" (CE + DSM of base + ∇ log p)
     classifier_base: str | None = None  # guided_dsm: the frozen unconditional score model (run or checkpoint dir)
     dsm_weight: float = 1.0  # guided_dsm: weight of the DSM term
+    init: str | None = None  # fine-tuning: start from this run's (or checkpoint's) EMA weights, with a fresh optimiser
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 1000
@@ -311,6 +312,15 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
     step = 0
     streams = config.data_streams
     saved_states: list[Tensor] | None = None
+    if config.init is not None and not resume:  # a resumed run's weights come from its own checkpoint
+        start = load_checkpoint(config.init)
+        theirs = start["ema"].config() if hasattr(start["ema"], "config") else start["config"].net
+        mine = net.config() if hasattr(net, "config") else config.net
+        if theirs != mine:
+            raise ValueError(f"init: {start['path']} holds a different network ({theirs}) than the config asks "
+                             f"for ({mine})")
+        net.load_state_dict(start["ema"].state_dict())
+        ema.load_state_dict(start["ema"].state_dict())
     if resume:
         if out is None:
             raise ValueError("resume needs the run directory (out)")

@@ -366,3 +366,26 @@ def test_guided_dsm_bad_input(tmp_path, capsys):
     saved = json.loads((tmp_path / "c2" / "config.json").read_text())
     assert (saved["classifier_objective"], saved["classifier_base"], saved["dsm_weight"]) == \
         ("guided_dsm", str(base), 2.0)
+
+
+def test_init_starts_from_another_runs_ema_weights(tmp_path):
+    """config.init fine-tunes: step 0 holds the other run's EMA weights (net and EMA), the optimiser starts fresh;
+    a different network is refused, naming both; a resumed run keeps its own weights."""
+    first = tmp_path / "first"
+    train(_cfg(steps=20, checkpoint_every=0), first, progress=False)
+    start = load_checkpoint(first)["ema"].state_dict()
+    r0 = train(_cfg(steps=0, init=str(first), checkpoint_every=0), progress=False)
+    for k, v in start.items():
+        torch.testing.assert_close(r0.net.state_dict()[k].cpu(), v.cpu(), rtol=0, atol=0)
+        torch.testing.assert_close(r0.ema.state_dict()[k].cpu(), v.cpu(), rtol=0, atol=0)
+    tuned = tmp_path / "tuned"
+    full = train(_cfg(steps=20, init=str(first), checkpoint_every=10), tuned, progress=False).losses
+    scratch = train(_cfg(steps=20, checkpoint_every=0), progress=False).losses
+    assert sum(full[:5]) < sum(scratch[:5])  # it starts where the first run ended
+    part = train(_cfg(steps=20, init=str(first), checkpoint_every=10), tmp_path / "part", stop_at=10,
+                 progress=False).losses
+    rest = train(_cfg(steps=20, init=str(first), checkpoint_every=10), tmp_path / "part", resume=True,
+                 progress=False).losses
+    assert part + rest == full
+    with pytest.raises(ValueError, match="different network.*'width': 32.*'width': 16"):
+        train(_cfg(net={**SMALL, "width": 16}, init=str(first), steps=1), progress=False)
