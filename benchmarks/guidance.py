@@ -1,17 +1,22 @@
 """Issue 5 target: guidance on learned models of labelled ring8.
 
-    python benchmarks/guidance.py
+    python benchmarks/guidance.py                        # about 45 min on one thread; models kept in runs/guidance
+    python benchmarks/guidance.py --uncond-steps 6000 --uncond-width 128 --clf-objective ce --clf-steps 6000 \
+        --clf-width 128 --keep runs/guidance_small         # the small cross-entropy set-up of earlier sessions
 
-Trains three MLPs with the library's trainer: a class-conditional score model with label dropout (classifier-free
-guidance), an unconditional score model and a noise-aware classifier (classifier guidance on the unconditional
-model). Then, for each guidance weight, samples every label (n per label) and reports the share of samples whose
-exact nearest class (argmax of the exact p(y | x)) is the requested one; at weight 1 it reports sliced W2 to the
-exact conditional of one label (n = 20000) in units of its noise floor (mean over 5 independent exact sets).
-Writes benchmarks/results/guidance.json.
+Trains with the library's trainer: a class-conditional score MLP with label dropout (classifier-free guidance), an
+unconditional score MLP, and a noise-aware MLP classifier (classifier guidance on the unconditional model), trained
+by default with `classifier_objective="guided_dsm"` (cross-entropy plus DSM of the unconditional score plus the
+classifier's gradient, the unconditional model frozen). Models go to (and are reused from) --keep. Then, for each
+guidance weight, samples every label (n per label) and reports the share of samples whose exact nearest class (argmax
+of the exact p(y | x)) is the requested one; at weight 1 it reports sliced W2 to the exact conditional of one label
+(n = 20000) in units of its noise floor (mean over 5 independent exact sets), with dpm_solver_pp at NFE 50 and
+euler_maruyama at NFE 200. Writes benchmarks/results/<--name>.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -51,15 +56,42 @@ def sample(score, process, n: int, seed: int, sampler: str = SAMPLER, nfe: int =
     return spec(score, process, x, spec.grid_for(process, nfe), generator=g)
 
 
+def reference(label: int, n: int = 20000) -> tuple[torch.Tensor, float]:
+    """n exact samples of ring8's class `label` and the SW2 noise floor at that n (mean over 5 independent sets)."""
+    exact = toy_data.ring8().conditional(label)
+    g = torch.Generator().manual_seed(1)
+    ref = exact.sample(n, generator=g)
+    return ref, sum(float(sliced_wasserstein(exact.sample(n, generator=g), ref)) for _ in range(5)) / 5
+
+
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--keep", default="runs/guidance", help="train into, or reuse the models in, this directory")
+    p.add_argument("--cond-steps", type=int, default=6000)
+    p.add_argument("--cond-width", type=int, default=128)
+    p.add_argument("--uncond-steps", type=int, default=20000)
+    p.add_argument("--uncond-width", type=int, default=256)
+    p.add_argument("--clf-objective", default="guided_dsm", help="ce or guided_dsm")
+    p.add_argument("--clf-steps", type=int, default=30000)
+    p.add_argument("--clf-width", type=int, default=256)
+    p.add_argument("--dsm-weight", type=float, default=1.0)
+    p.add_argument("--name", default="guidance")
+    args = p.parse_args()
     torch.set_num_threads(1)
     target = toy_data.ring8()
     n_per_label, label, n_sw = 1000, 3, 20000
-    cond, s_cond = fit({"num_classes": 8}, 6000, label_dropout=0.15)
-    uncond, s_uncond = fit({}, 6000)
-    clf, s_clf = fit({"name": "mlp_classifier", "num_classes": 8}, 6000)
+    keep = Path(args.keep)
+    cond, s_cond = fit({"num_classes": 8, "width": args.cond_width}, args.cond_steps,
+                       keep / f"cond_{args.cond_steps}_{args.cond_width}", label_dropout=0.15)
+    uncond_run = keep / f"uncond_{args.uncond_steps}_{args.uncond_width}"
+    uncond, s_uncond = fit({"width": args.uncond_width}, args.uncond_steps, uncond_run)
+    clf_kw = {} if args.clf_objective == "ce" else dict(classifier_objective=args.clf_objective,
+                                                        classifier_base=str(uncond_run), dsm_weight=args.dsm_weight)
+    clf, s_clf = fit({"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}, args.clf_steps,
+                     keep / f"clf_{args.clf_objective}_{args.clf_steps}_{args.clf_width}", **clf_kw)
     process = cond.process
-    print(f"trained: conditional {s_cond:.1f} s, unconditional {s_uncond:.1f} s, classifier {s_clf:.1f} s")
+    print(f"trained: conditional {s_cond:.1f} s, unconditional {s_uncond:.1f} s, classifier {s_clf:.1f} s "
+          "(0: reused from --keep)")
 
     def cfg_score(y, w):
         return guidance.classifier_free(cond.score_fn(y), cond.score_fn(None), w)
@@ -74,10 +106,7 @@ def main() -> None:
             hits += int((target.class_log_prob(x.double()).argmax(1) == y).sum())
         return hits / (8 * n_per_label)
 
-    exact = target.conditional(label)
-    g = torch.Generator().manual_seed(1)
-    ref = exact.sample(n_sw, generator=g)
-    floor = sum(float(sliced_wasserstein(exact.sample(n_sw, generator=g), ref)) for _ in range(5)) / 5
+    ref, floor = reference(label, n_sw)
     rows = []
     for kind, make in (("cfg", cfg_score), ("classifier", clf_score)):
         for w in WEIGHTS:
@@ -100,13 +129,14 @@ def main() -> None:
         sde = f"{r['sw_ratio_sde']:.2f}" if "sw_ratio_sde" in r else ""
         print(f"{r['guidance']:11s} {r['weight']:7.1f} {r['share']:7.3f} {sw:>24s} {sde:>20s}")
     # exact-score reference: the exact conditional's own share (ring8's components barely overlap)
-    xe = exact.sample(n_sw, generator=g)
+    xe = target.conditional(label).sample(n_sw, generator=torch.Generator().manual_seed(2))
     exact_share = float((target.class_log_prob(xe.double()).argmax(1) == label).double().mean())
     print(f"exact conditional's own share: {exact_share:.4f}; SW floor {floor:.4g}")
-    path = write_json("guidance", {"command": "python benchmarks/guidance.py", "sampler": SAMPLER, "nfe_budget": NFE,
-                                   "sde_sampler": SDE_SAMPLER, "sde_nfe": SDE_NFE,
-                                   "train_seconds": {"cond": s_cond, "uncond": s_uncond, "classifier": s_clf},
-                                   "sw_floor": floor, "exact_share": exact_share, "rows": rows})
+    path = write_json(args.name, {"command": "python " + " ".join(sys.argv), "config": vars(args),
+                                  "sampler": SAMPLER, "nfe_budget": NFE, "sde_sampler": SDE_SAMPLER,
+                                  "sde_nfe": SDE_NFE,
+                                  "train_seconds": {"cond": s_cond, "uncond": s_uncond, "classifier": s_clf},
+                                  "sw_floor": floor, "exact_share": exact_share, "rows": rows})
     print(f"wrote {path}")
 
 

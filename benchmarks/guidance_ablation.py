@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
-from guidance import fit, sample  # noqa: E402
+from guidance import fit, reference, sample  # noqa: E402
 
 import toy_data  # noqa: E402
 from scoresde import guidance  # noqa: E402
@@ -58,10 +58,7 @@ def main() -> None:
 
     scores = {"learned": uncond.score_fn(), "exact": target.score_fn(process)}
     clfs = {"learned": clf.log_prob_fn(label), "exact": exact_log_prob}
-    exact = target.conditional(label)
-    g = torch.Generator().manual_seed(1)
-    ref = exact.sample(n, generator=g)
-    floor = sum(float(sliced_wasserstein(exact.sample(n, generator=g), ref)) for _ in range(5)) / 5
+    ref, floor = reference(label, n)
     rows = []
     print(f"{'unconditional':>13s} {'classifier':>10s} {'T0':>5s} {'dpm_solver_pp 50':>17s} "
           f"{'euler_maruyama 200':>19s}")
