@@ -11,7 +11,8 @@ adapters of benchmarks/peers.py). Cells: log-density gap in standard errors / sl
 generated samples' own spread, so a more dispersed sampler gets a larger se and a smaller |gap/se|). With several
 --seeds (seed k: x_T drawn with seed 2k, the samplers' noise with 2k + 1; k = 0 is the default run) or
 --ref-seeds (other exact reference sets, each with its own SW2 floor) cells are mean +- sd over seeds x references,
-followed by the first row's paired differences from each other row. Writes benchmarks/results/peers_quality.json.
+followed by the first row's paired differences from each other row. The `exact samples` row (the target's own
+samples) shows what a perfect sampler reads. Writes benchmarks/results/peers_quality.json.
 Peers: pip install diffusers torchsde && pip install --no-deps k-diffusion (see peers.py).
 """
 
@@ -54,6 +55,7 @@ ROWS = [
     ("scoresde ancestral_analytic", ("ours", "ancestral_analytic")),
     ("diffusers ddpm", ("diffusers", "ddpm")),
     ("k-diffusion euler_ancestral", ("k-diffusion", "euler_ancestral")),
+    ("exact samples", ("exact", "")),  # a perfect sampler: what the cells read at the floor
 ]
 
 
@@ -74,6 +76,9 @@ def run(kind, name, target, process, x_T, nfe, grid=None, seed=1):
         score = count_evals(target.score_fn(process))
         out = spec(score, process, x_T.clone(), ts, generator=g)
         return out, score.nfe
+    if kind == "exact":  # seeds apart from the references' (1, 2 and 100 + 2j, 101 + 2j)
+        return target.sample(x_T.shape[0], generator=torch.Generator().manual_seed(10_000 + seed),
+                              dtype=torch.float64), 0
     fn = peers.run_diffusers if kind == "diffusers" else peers.run_kdiffusion
     return fn(name, target.score_fn(process), process, x_T.clone(), nfe, generator=g)
 
