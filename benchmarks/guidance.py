@@ -1,13 +1,14 @@
 """Issue 5 target: guidance on learned models of labelled ring8.
 
-    python benchmarks/guidance.py                        # about 45 min on one thread; models kept in runs/guidance
-    python benchmarks/guidance.py --uncond-steps 6000 --uncond-width 128 --clf-objective ce --clf-steps 6000 \
-        --clf-width 128 --keep runs/guidance_small         # the small cross-entropy set-up of earlier sessions
+    python benchmarks/guidance.py              # about 40 min on one thread; models kept in (and reused from) runs/guidance
+    python benchmarks/guidance.py --uncond-steps 6000 --uncond-width 128 --clf-objective ce \
+        --keep runs/guidance_small               # the small cross-entropy set-up of earlier sessions
 
 Trains with the library's trainer: a class-conditional score MLP with label dropout (classifier-free guidance), an
-unconditional score MLP, and a noise-aware MLP classifier (classifier guidance on the unconditional model), trained
-by default with `classifier_objective="guided_dsm"` (cross-entropy plus DSM of the unconditional score plus the
-classifier's gradient, the unconditional model frozen). Models go to (and are reused from) --keep. Then, for each
+unconditional score MLP (20000 steps, width 256), and a noise-aware MLP classifier (classifier guidance on the
+unconditional model): 6000 steps of cross-entropy, then by default 30000 steps fine-tuned with
+`classifier_objective="guided_dsm"` (cross-entropy plus DSM of the unconditional score plus the classifier's gradient,
+the unconditional model frozen; `init` from the cross-entropy run). Models go to (and are reused from) --keep. Then, for each
 guidance weight, samples every label (n per label) and reports the share of samples whose exact nearest class (argmax
 of the exact p(y | x)) is the requested one; at weight 1 it reports sliced W2 to the exact conditional of one label
 (n = 20000) in units of its noise floor (mean over 5 independent exact sets), with dpm_solver_pp at NFE 50 and
@@ -56,10 +57,10 @@ def sample(score, process, n: int, seed: int, sampler: str = SAMPLER, nfe: int =
     return spec(score, process, x, spec.grid_for(process, nfe), generator=g)
 
 
-def reference(label: int, n: int = 20000) -> tuple[torch.Tensor, float]:
+def reference(label: int, n: int = 20000, seed: int = 1) -> tuple[torch.Tensor, float]:
     """n exact samples of ring8's class `label` and the SW2 noise floor at that n (mean over 5 independent sets)."""
     exact = toy_data.ring8().conditional(label)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     ref = exact.sample(n, generator=g)
     return ref, sum(float(sliced_wasserstein(exact.sample(n, generator=g), ref)) for _ in range(5)) / 5
 
@@ -72,9 +73,11 @@ def main() -> None:
     p.add_argument("--uncond-steps", type=int, default=20000)
     p.add_argument("--uncond-width", type=int, default=256)
     p.add_argument("--clf-objective", default="guided_dsm", help="ce or guided_dsm")
-    p.add_argument("--clf-steps", type=int, default=30000)
-    p.add_argument("--clf-width", type=int, default=256)
-    p.add_argument("--dsm-weight", type=float, default=1.0)
+    p.add_argument("--clf-ce-steps", type=int, default=6000, help="cross-entropy steps (the whole training for ce; "
+                   "for guided_dsm the classifier it fine-tunes, 0: guided_dsm from scratch)")
+    p.add_argument("--clf-steps", type=int, default=30000, help="guided_dsm steps")
+    p.add_argument("--clf-width", type=int, default=128)
+    p.add_argument("--dsm-weight", type=float, default=2.0)
     p.add_argument("--name", default="guidance")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -85,10 +88,20 @@ def main() -> None:
                        keep / f"cond_{args.cond_steps}_{args.cond_width}", label_dropout=0.15)
     uncond_run = keep / f"uncond_{args.uncond_steps}_{args.uncond_width}"
     uncond, s_uncond = fit({"width": args.uncond_width}, args.uncond_steps, uncond_run)
-    clf_kw = {} if args.clf_objective == "ce" else dict(classifier_objective=args.clf_objective,
-                                                        classifier_base=str(uncond_run), dsm_weight=args.dsm_weight)
-    clf, s_clf = fit({"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}, args.clf_steps,
-                     keep / f"clf_{args.clf_objective}_{args.clf_steps}_{args.clf_width}", **clf_kw)
+    clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}
+    s_clf = 0.0
+    init = None
+    if args.clf_objective == "ce" or args.clf_ce_steps:
+        ce_run = keep / f"clf_ce_{args.clf_ce_steps}_{args.clf_width}"
+        clf, s_clf = fit(clf_net, args.clf_ce_steps, ce_run)
+        init = str(ce_run)
+    if args.clf_objective != "ce":  # fine-tuning (Adam 1e-3, EMA 0.999, no warm-up or clipping) or from scratch
+        tune = dict(lr=1e-3, ema=0.999, warmup=0, clip=None, init=init) if init else {}
+        clf, s_tuned = fit(clf_net, args.clf_steps,
+                           keep / f"clf_{args.clf_objective}_{args.clf_ce_steps}_{args.clf_steps}_{args.clf_width}",
+                           classifier_objective=args.clf_objective, classifier_base=str(uncond_run),
+                           dsm_weight=args.dsm_weight, **tune)
+        s_clf += s_tuned
     process = cond.process
     print(f"trained: conditional {s_cond:.1f} s, unconditional {s_uncond:.1f} s, classifier {s_clf:.1f} s "
           "(0: reused from --keep)")
