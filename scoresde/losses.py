@@ -139,6 +139,13 @@ def classifier_loss(
 ) -> Tensor:
     """Per-sample cross-entropy of a noise-aware classifier clf(x_t, sigma(t)) -> logits over noisy inputs,
     with t drawn as for DSM (so the classifier is trained at every noise level guidance will query)."""
+    _, _, sigma, x_t = _noisy_labelled(process, x0, labels, t, None, generator)
+    return torch.nn.functional.cross_entropy(clf(x_t, sigma), labels.long(), reduction="none")
+
+
+def _noisy_labelled(process: Process, x0: Tensor, labels: Tensor, t: Tensor | None, eps: Tensor | None,
+                    generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(t, eps, sigma, x_t) for the classifier losses: t drawn as for DSM unless given (then checked), then eps."""
     b = x0.shape[0]
     if labels.shape != (b,):
         raise ValueError(f"labels must have shape ({b},), got {tuple(labels.shape)}")
@@ -146,10 +153,10 @@ def classifier_loss(
         t = sample_t(process, b, generator=generator, device=x0.device, dtype=x0.dtype)
     else:
         process.check_t(t)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = process._alpha_sigma(t)
-    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
-    return torch.nn.functional.cross_entropy(clf(x_t, sigma), labels.long(), reduction="none")
+    return t, eps, sigma, torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
 
 
 def guided_dsm_classifier_loss(
@@ -172,19 +179,9 @@ def guided_dsm_classifier_loss(
     exact classifier gradient when s_base is exact, and otherwise the one that also corrects the base model's error
     on labelled data. `base_score(x, t)` is a ScoreFn; no gradient flows into it. Returns a (B,) tensor.
     """
-    b = x0.shape[0]
-    if labels.shape != (b,):
-        raise ValueError(f"labels must have shape ({b},), got {tuple(labels.shape)}")
     if not (dsm_weight >= 0 and dsm_weight < float("inf")):
         raise ValueError(f"dsm_weight must be a finite number >= 0, got {dsm_weight!r}")
-    if t is None:
-        t = sample_t(process, b, generator=generator, device=x0.device, dtype=x0.dtype)
-    else:
-        process.check_t(t)
-    if eps is None:
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    alpha, sigma = process._alpha_sigma(t)
-    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
+    t, eps, sigma, x_t = _noisy_labelled(process, x0, labels, t, eps, generator)
     with torch.no_grad():
         s_base = base_score(x_t, t)
     x_t.requires_grad_(True)
