@@ -389,3 +389,11 @@ def test_init_starts_from_another_runs_ema_weights(tmp_path):
     assert part + rest == full
     with pytest.raises(ValueError, match="different network.*'width': 32.*'width': 16"):
         train(_cfg(net={**SMALL, "width": 16}, init=str(first), steps=1), progress=False)
+    # from the CLI: --init lands in the saved config and the run starts from those weights
+    from scoresde.cli import main
+
+    common = ["--data", "ring8", "--steps", "2", "--batch", "16", "--width", "8", "--depth", "1", "--no-preview",
+              "--device", str(DEVICE)]
+    assert main(["train", *common, "--out", str(tmp_path / "c0")]) == 0
+    assert main(["train", *common, "--init", str(tmp_path / "c0"), "--out", str(tmp_path / "c1")]) == 0
+    assert json.loads((tmp_path / "c1" / "config.json").read_text())["init"] == str(tmp_path / "c0")
