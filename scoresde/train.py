@@ -492,6 +492,7 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
                 if log_f is not None:
                     log_f.write(json.dumps({"step": step, "loss": mean_loss, "lr": _lr_at(config, step - 1),
                                             "steps_per_s": rate}) + "\n")
+                    log_f.flush()  # readable as it grows (tail -f), not only when the buffer fills
             if eval_fn is not None and eval_every and step % eval_every == 0:
                 flush()
                 if ctx.main:

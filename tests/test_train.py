@@ -397,3 +397,15 @@ def test_init_starts_from_another_runs_ema_weights(tmp_path):
     assert main(["train", *common, "--out", str(tmp_path / "c0")]) == 0
     assert main(["train", *common, "--init", str(tmp_path / "c0"), "--out", str(tmp_path / "c1")]) == 0
     assert json.loads((tmp_path / "c1" / "config.json").read_text())["init"] == str(tmp_path / "c0")
+
+
+def test_log_is_readable_while_training_runs(tmp_path):
+    seen = {}
+
+    def peek(step, ema):  # runs inside the training loop, right after the step's log line
+        lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+        seen[step] = [r["step"] for r in lines if "loss" in r]
+        return {}
+
+    train(_cfg(steps=30), tmp_path, progress=False, eval_fn=peek, eval_every=10)
+    assert seen == {10: [10], 20: [10, 20], 30: [10, 20, 30]}, seen
