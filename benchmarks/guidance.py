@@ -1,18 +1,20 @@
 """Issue 5 target: guidance on learned models of labelled ring8.
 
-    python benchmarks/guidance.py              # about 40 min on one thread; models kept in (and reused from) runs/guidance
-    python benchmarks/guidance.py --uncond-steps 6000 --uncond-width 128 --clf-objective ce \
+    python benchmarks/guidance.py    # about an hour, one thread; models kept in (and reused from) runs/guidance
+    python benchmarks/guidance.py --uncond-steps 6000 --uncond-width 128 --ft-steps 0 --clf-objective ce \
         --keep runs/guidance_small               # the small cross-entropy set-up of earlier sessions
 
-Trains with the library's trainer: a class-conditional score MLP with label dropout (classifier-free guidance), an
-unconditional score MLP (20000 steps, width 256), and a noise-aware MLP classifier (classifier guidance on the
-unconditional model): 6000 steps of cross-entropy, then by default 30000 steps fine-tuned with
-`classifier_objective="guided_dsm"` (cross-entropy plus DSM of the unconditional score plus the classifier's gradient,
-the unconditional model frozen; `init` from the cross-entropy run). Models go to (and are reused from) --keep. Then, for each
-guidance weight, samples every label (n per label) and reports the share of samples whose exact nearest class (argmax
-of the exact p(y | x)) is the requested one; at weight 1 it reports sliced W2 to the exact conditional of one label
-(n = 20000) in units of its noise floor (mean over 5 independent exact sets), with dpm_solver_pp at NFE 50 and
-euler_maruyama at NFE 200. Writes benchmarks/results/<--name>.json.
+Trains with the library's trainer: a class-conditional score MLP with label dropout (classifier-free guidance; 6000
+steps, width 128) and an unconditional score MLP (20000 steps, width 256), both at batch 1024 and then fine-tuned 5000
+steps at batch 4096 (Adam 3e-4, EMA 0.999, `init` from the first run: the large-batch phase averages away gradient
+noise, which was the models' main error); and a noise-aware MLP classifier (classifier guidance on the unconditional
+model): 6000 steps of cross-entropy, then by default 30000 steps fine-tuned with `classifier_objective="guided_dsm"`
+(cross-entropy plus DSM of the unconditional score plus the classifier's gradient, the unconditional model frozen;
+`init` from the cross-entropy run). Models go to (and are reused from) --keep. Then, for each guidance weight, samples
+every label (n per label) and reports the share of samples whose exact nearest class (argmax of the exact p(y | x)) is
+the requested one; at weight 1 it reports sliced W2 to the exact conditional of one label (n = 20000) in units of its
+noise floor (mean over 5 independent exact sets), with dpm_solver_pp at NFE 50 and euler_maruyama at NFE 200. Writes
+benchmarks/results/<--name>.json.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def main() -> None:
     p.add_argument("--cond-width", type=int, default=128)
     p.add_argument("--uncond-steps", type=int, default=20000)
     p.add_argument("--uncond-width", type=int, default=256)
+    p.add_argument("--ft-steps", type=int, default=5000,
+                   help="large-batch fine-tuning steps of both score models (0: none)")
+    p.add_argument("--ft-batch", type=int, default=4096)
     p.add_argument("--clf-objective", default="guided_dsm", help="ce or guided_dsm")
     p.add_argument("--clf-ce-steps", type=int, default=6000, help="cross-entropy steps (the whole training for ce; "
                    "for guided_dsm the classifier it fine-tunes, 0: guided_dsm from scratch)")
@@ -84,10 +89,22 @@ def main() -> None:
     target = toy_data.ring8()
     n_per_label, label, n_sw = 1000, 3, 20000
     keep = Path(args.keep)
-    cond, s_cond = fit({"num_classes": 8, "width": args.cond_width}, args.cond_steps,
-                       keep / f"cond_{args.cond_steps}_{args.cond_width}", label_dropout=0.15)
-    uncond_run = keep / f"uncond_{args.uncond_steps}_{args.uncond_width}"
-    uncond, s_uncond = fit({"width": args.uncond_width}, args.uncond_steps, uncond_run)
+
+    def fit_and_tune(net: dict, steps: int, run: Path, **kw) -> tuple[Model, float, Path]:
+        """`fit`, then (with --ft-steps) the large-batch phase from its EMA weights: Adam 3e-4 (cosine to 5 %),
+        EMA 0.999, no warm-up. Returns the final model, the total training seconds and the final run."""
+        model, secs = fit(net, steps, run, **kw)
+        if args.ft_steps:
+            tuned = run.with_name(f"{run.name}_ft{args.ft_steps}_b{args.ft_batch}")
+            model, s_ft = fit(net, args.ft_steps, tuned, batch=args.ft_batch, lr=3e-4, ema=0.999, warmup=0,
+                              init=str(run), **kw)
+            run, secs = tuned, secs + s_ft
+        return model, secs, run
+
+    cond, s_cond, _ = fit_and_tune({"num_classes": 8, "width": args.cond_width}, args.cond_steps,
+                                   keep / f"cond_{args.cond_steps}_{args.cond_width}", label_dropout=0.15)
+    uncond, s_uncond, uncond_run = fit_and_tune({"width": args.uncond_width}, args.uncond_steps,
+                                                keep / f"uncond_{args.uncond_steps}_{args.uncond_width}")
     clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}
     s_clf = 0.0
     init = None
@@ -98,7 +115,8 @@ def main() -> None:
     if args.clf_objective != "ce":  # fine-tuning (Adam 1e-3, EMA 0.999, no warm-up or clipping) or from scratch
         tune = dict(lr=1e-3, ema=0.999, warmup=0, clip=None, init=init) if init else {}
         clf, s_tuned = fit(clf_net, args.clf_steps,
-                           keep / f"clf_{args.clf_objective}_{args.clf_ce_steps}_{args.clf_steps}_{args.clf_width}",
+                           keep / f"clf_{args.clf_objective}_{args.clf_ce_steps}_{args.clf_steps}_{args.clf_width}"
+                                  f"_on_{uncond_run.name}",
                            classifier_objective=args.clf_objective, classifier_base=str(uncond_run),
                            dsm_weight=args.dsm_weight, **tune)
         s_clf += s_tuned

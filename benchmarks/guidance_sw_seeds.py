@@ -2,12 +2,14 @@
 
     python benchmarks/guidance_sw_seeds.py              # the models of `python benchmarks/guidance.py` (run it first)
     python benchmarks/guidance_sw_seeds.py --seeds 4 --ref-sets 3 --sampler euler_maruyama --nfe 200
+    python benchmarks/guidance_sw_seeds.py --classifier exact --name guidance_sw_seeds_exact_clf
 
 For classifier-free guidance at w = 1 and classifier guidance at scale 1 (label 3 of ring8), draws --seeds sample sets
 (x_T and noise seeds 99, 100, ...) and scores each against --ref-sets independent exact reference sets, each with its
 own floor (mean SW2 of 5 further exact sets against it). Prints every ratio and the mean ± standard error over the
-sample seeds (each seed's ratio averaged over the reference sets). Also the exact conditional's own samples as a
-row: what a perfect sampler gets. Writes benchmarks/results/<--name>.json.
+sample seeds (each seed's ratio averaged over the reference sets). Two rows of references: the same sampler on the
+exact conditional score (the sampler's own discretisation error), and the exact conditional's own samples (what a
+perfect sampler gets). Writes benchmarks/results/<--name>.json.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from scoresde.train import load_model  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cond", default="runs/guidance/cond_6000_128")
-    p.add_argument("--uncond", default="runs/guidance/uncond_20000_256")
-    p.add_argument("--classifier", default="runs/guidance/clf_guided_dsm_6000_30000_128")
+    p.add_argument("--cond", default="runs/guidance/cond_6000_128_ft5000_b4096")
+    p.add_argument("--uncond", default="runs/guidance/uncond_20000_256_ft5000_b4096")
+    p.add_argument("--classifier",
+                   default="runs/guidance/clf_guided_dsm_6000_30000_128_on_uncond_20000_256_ft5000_b4096",
+                   help="a classifier run, or 'exact' (ring8's exact p_t(y | x): isolates the unconditional model)")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--ref-sets", type=int, default=3)
     p.add_argument("--sampler", default="euler_maruyama")
@@ -42,16 +46,23 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     label, n = 3, 20000
-    cond, uncond, clf = load_model(args.cond), load_model(args.uncond), load_model(args.classifier)
+    cond, uncond = load_model(args.cond), load_model(args.uncond)
     process = cond.process
+    if args.classifier == "exact":
+        def log_prob(x, t):
+            return toy_data.ring8().class_log_prob(x, process, t)[:, label]
+    else:
+        log_prob = load_model(args.classifier).log_prob_fn(label)
     refs = [reference(label, n, seed=1 + 10 * r) for r in range(args.ref_sets)]
     exact = toy_data.ring8().conditional(label)
     rows = {
         "classifier-free (w = 1)": lambda k: sample(guidance.classifier_free(cond.score_fn(label), cond.score_fn(None),
                                                                              1.0), process, n, 99 + k, args.sampler,
                                                     args.nfe),
-        "classifier (scale 1)": lambda k: sample(guidance.classifier(uncond.score_fn(), clf.log_prob_fn(label), 1.0),
+        "classifier (scale 1)": lambda k: sample(guidance.classifier(uncond.score_fn(), log_prob, 1.0),
                                                  process, n, 99 + k, args.sampler, args.nfe),
+        "exact score, same sampler": lambda k: sample(exact.score_fn(process), process, n, 99 + k, args.sampler,
+                                                      args.nfe),
         "exact samples": lambda k: exact.sample(n, generator=torch.Generator().manual_seed(1000 + k)),
     }
     out = {}

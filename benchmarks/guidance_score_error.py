@@ -1,0 +1,75 @@
+"""Where a learned ring8 score is wrong, by noise level: the diagnosis behind issue 5's guidance models.
+
+    python benchmarks/guidance_score_error.py     # the guidance benchmark's score models, before and after fine-tuning
+    python benchmarks/guidance_score_error.py --runs runs/a runs/b --label 3
+
+For each run and each t, draws x_t from the diffused exact conditional of --label (n points, x0 from class `label`,
+the same points for every run) and reports the eps-weighted squared error E ||sigma(t) (s_theta(x_t) - s(x_t))||²
+against the exact score: the unconditional score of the mixture for an unconditional network, the conditional score
+of `label` for a class-conditional one (evaluated with that label). This is the DSM loss's excess over its minimum,
+restricted to the region classifier-guided samples of `label` pass through. Writes benchmarks/results/<--name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
+
+import toy_data  # noqa: E402
+from scoresde.train import load_model  # noqa: E402
+
+TIMES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+RUNS = ("runs/guidance/uncond_20000_256", "runs/guidance/uncond_20000_256_ft5000_b4096",
+        "runs/guidance/cond_6000_128", "runs/guidance/cond_6000_128_ft5000_b4096")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", nargs="+", default=list(RUNS))
+    p.add_argument("--label", type=int, default=3)
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="guidance_score_error")
+    args = p.parse_args()
+    target = toy_data.ring8()
+    if not 0 <= args.label < target.num_classes:
+        raise SystemExit(f"--label must lie in [0, {target.num_classes}), got {args.label}")
+    conditional = target.conditional(args.label)
+    models = [load_model(r) for r in args.runs]
+    process = models[0].process
+    g = torch.Generator().manual_seed(args.seed)
+    x0 = conditional.sample(args.n, generator=g).double()
+    errors: dict[str, list[float]] = {r: [] for r in args.runs}
+    sigmas = []
+    for t in TIMES:
+        tt = torch.full((args.n,), t, dtype=torch.float64)
+        alpha, sigma = process.alpha(tt)[:, None], process.sigma(tt)[:, None]
+        xt = alpha * x0 + sigma * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        sigmas.append(float(sigma[0]))
+        for run, m in zip(args.runs, models):
+            if m.num_classes:
+                score, exact = m.score_fn(args.label), conditional.score(xt, process, tt)
+            else:
+                score, exact = m.score_fn(), target.score(xt, process, tt)
+            with torch.no_grad():
+                s = score(xt.float(), tt.float()).double()
+            errors[run].append(float((sigma * (s - exact)).square().sum(1).mean()))
+    names = [Path(r).name for r in args.runs]
+    print(f"E ||sigma (s_theta - s)||² on x_t from class {args.label} (n = {args.n})")
+    w = max(10, *(len(n) for n in names))
+    print(f"{'t':>6s} {'sigma':>7s} " + " ".join(f"{n:>{w}s}" for n in names))
+    for i, t in enumerate(TIMES):
+        print(f"{t:6.3f} {sigmas[i]:7.4f} " + " ".join(f"{errors[r][i]:{w}.2e}" for r in args.runs))
+    path = write_json(args.name, {"command": "python " + " ".join(sys.argv), "config": vars(args), "t": list(TIMES),
+                                  "sigma": sigmas, "errors": errors})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
