@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
 
 import toy_data  # noqa: E402
-from scoresde.train import load_model  # noqa: E402
+from scoresde.train import Model, load_model  # noqa: E402
 
 TIMES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 CENTRE_TIMES = (0.03, 0.05, 0.08, 0.1, 0.15, 0.2)
@@ -47,38 +47,32 @@ def main() -> None:
     conditional = target.conditional(args.label)
     models = [load_model(r) for r in args.runs]
     process = models[0].process
+
+    def error(m: Model, x: torch.Tensor, t: float) -> float:
+        """E ||sigma (s_theta - s)||² at time t on the points x, s the exact score the network should match."""
+        tt = torch.full((x.shape[0],), t, dtype=torch.float64)
+        score, exact = ((m.score_fn(args.label), conditional.score(x, process, tt)) if m.num_classes
+                        else (m.score_fn(), target.score(x, process, tt)))
+        with torch.no_grad():
+            s = score(x.float(), tt.float()).double()
+        return float((process.sigma(t) * (s - exact)).square().sum(1).mean())
+
     g = torch.Generator().manual_seed(args.seed)
     x0 = conditional.sample(args.n, generator=g).double()
     errors: dict[str, list[float]] = {r: [] for r in args.runs}
-    sigmas = []
+    sigmas = [float(process.sigma(t)) for t in TIMES]
     for t in TIMES:
-        tt = torch.full((args.n,), t, dtype=torch.float64)
-        alpha, sigma = process.alpha(tt)[:, None], process.sigma(tt)[:, None]
-        xt = alpha * x0 + sigma * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-        sigmas.append(float(sigma[0]))
+        xt = process.perturb(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64))
         for run, m in zip(args.runs, models):
-            if m.num_classes:
-                score, exact = m.score_fn(args.label), conditional.score(xt, process, tt)
-            else:
-                score, exact = m.score_fn(), target.score(xt, process, tt)
-            with torch.no_grad():
-                s = score(xt.float(), tt.float()).double()
-            errors[run].append(float((sigma * (s - exact)).square().sum(1).mean()))
+            errors[run].append(error(m, xt, t))
     centre = (torch.rand(args.n, 2, generator=g, dtype=torch.float64) - 0.5) * 1.2
     centre_errors: dict[str, list[float]] = {r: [] for r in args.runs}
     centre_size = []
     for t in CENTRE_TIMES:
-        tt = torch.full((args.n,), t, dtype=torch.float64)
-        sigma = process.sigma(tt)[:, None]
         for run, m in zip(args.runs, models):
-            if m.num_classes:
-                score, exact = m.score_fn(args.label), conditional.score(centre, process, tt)
-            else:
-                score, exact = m.score_fn(), target.score(centre, process, tt)
-            with torch.no_grad():
-                s = score(centre.float(), tt.float()).double()
-            centre_errors[run].append(float((sigma * (s - exact)).square().sum(1).mean()))
-        centre_size.append(float((sigma * target.score(centre, process, tt)).square().sum(1).mean()))
+            centre_errors[run].append(error(m, centre, t))
+        tt = torch.full((args.n,), t, dtype=torch.float64)
+        centre_size.append(float((process.sigma(t) * target.score(centre, process, tt)).square().sum(1).mean()))
     names = [Path(r).name for r in args.runs]
     print(f"E ||sigma (s_theta - s)||² on x_t from class {args.label} (n = {args.n})")
     w = max(10, *(len(n) for n in names))
