@@ -304,7 +304,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
             label_dropout=args.label_dropout if args.conditional else 0.0, seed=args.seed, device=args.device,
             checkpoint_every=args.checkpoint_every, data_streams=args.data_streams, amp=args.amp,
             classifier_objective=args.classifier_objective, classifier_base=args.base, dsm_weight=args.dsm_weight,
-            init=args.init,
+            init=args.init, reference_batch=args.reference_batch, widen=args.widen, widen_frac=args.widen_frac,
+            widen_t_min=args.widen_t_min,
         )
     make_process(config.process)  # fail early on a bad name
     scores = config.net.get("name") not in ("mlp_classifier", "encoder_classifier")
@@ -537,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(CE + DSM of --base's score plus the classifier's gradient: trains the gradient guidance uses)")
     p.add_argument("--base", default=None, help="guided_dsm: run directory of the unconditional score model to guide")
     p.add_argument("--dsm-weight", type=float, default=1.0, help="guided_dsm: weight of the DSM term (default 1)")
+    p.add_argument("--reference-batch", type=int, default=0, help="> 0: regress on a reference-batch estimate of "
+                   "the score (the batch plus this many data points; unconditional nets) instead of -eps / sigma")
+    p.add_argument("--widen", type=float, default=1.0, help="> 1 (with --reference-batch): draw part of the batch "
+                   "with noise c sigma, c log-uniform in [1, widen], to train the score between modes")
+    p.add_argument("--widen-frac", type=float, default=0.5, help="the share of the batch with widened noise")
+    p.add_argument("--widen-t-min", type=float, default=0.0, help="widened noise only at t >= this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--checkpoint-every", type=int, default=1000)

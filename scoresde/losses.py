@@ -6,10 +6,16 @@ The other weightings are the likelihood weighting lambda = g(t)² (Song et al. 2
 training of score-based diffusion models"; then the loss bounds the negative log-likelihood), Min-SNR-gamma
 (Hang et al. 2023: lambda = sigma² min(SNR, gamma) / SNR with SNR = alpha² / sigma², i.e. the eps loss with the
 low-noise levels, SNR > gamma, down-weighted) and no weighting.
+
+With a reference batch of data, the regression target -eps / sigma becomes a reference-batch estimate of the score
+(`reference_x0`; the "stable target field" of Xu et al. 2023): the same minimiser with less variance, and, with
+widened noise for part of the batch, a target that trains the score where p_t is small (between modes), which plain
+DSM never samples.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -19,7 +25,7 @@ from ._utils import append_dims
 from .processes import DiscreteVP, Process
 from .score import to_eps
 
-__all__ = ["WEIGHTINGS", "CLASSIFIER_OBJECTIVES", "sample_t", "dsm_loss", "ImportanceSampler", "classifier_loss",
+__all__ = ["WEIGHTINGS", "CLASSIFIER_OBJECTIVES", "sample_t", "dsm_loss", "reference_x0", "ImportanceSampler", "classifier_loss",
            "guided_dsm_classifier_loss"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "none")
@@ -80,6 +86,10 @@ def dsm_loss(
     importance: ImportanceSampler | None = None,
     reduce: str = "mean",
     snr_gamma: float = 5.0,
+    reference: Tensor | None = None,
+    widen: float = 1.0,
+    widen_frac: float = 0.5,
+    widen_t_min: float = 0.0,
     **net_kwargs,
 ) -> Tensor:
     """Per-sample denoising score matching loss of net(x_t, sigma(t), **net_kwargs), which predicts `output`.
@@ -88,6 +98,12 @@ def dsm_loss(
     ("min_snr") or 1 ("none"); t is drawn by
     `sample_t` (or by `importance`, likelihood weighting only) unless given. `reduce` averages ("mean") or sums
     ("sum", as in the likelihood bound) over the data dimensions. Returns a (B,) tensor.
+
+    `reference` (R data points, R >= 0; unconditional networks only) replaces the target eps by
+    (x_t - alpha x0_hat) / sigma, x0_hat the `reference_x0` estimate of E[x0 | x_t] over the batch's x0 and the
+    reference: the same minimiser as DSM, less variance. `widen` > 1 (needs `reference`) draws a `widen_frac` share of
+    the samples at t >= `widen_t_min` with noise c sigma, c log-uniform in [1, widen], weighted 1 / c²: their x_t lie
+    where p_t is small, and the reference target is the score there (see `reference_x0`).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
@@ -97,6 +113,7 @@ def dsm_loss(
         raise ValueError(f"snr_gamma must be > 0 for the min_snr weighting, got {snr_gamma!r}")
     if importance is not None and weighting != "likelihood":
         raise ValueError(f"importance sampling of t is for the likelihood weighting, not {weighting!r}")
+    _check_reference(x0, reference, widen, widen_frac, net_kwargs)
     b = x0.shape[0]
     weight = None
     if t is None:
@@ -111,11 +128,22 @@ def dsm_loss(
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = process._alpha_sigma(t)  # t is in range by construction or checked above
-    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
+    wide = c = None
+    if widen > 1:
+        wide = (torch.rand(b, generator=generator, device=x0.device, dtype=x0.dtype) < widen_frac) & (t >= widen_t_min)
+        u = torch.rand(b, generator=generator, device=x0.device, dtype=x0.dtype)
+        c = torch.where(wide, torch.exp(u * math.log(widen)), torch.ones_like(u))
+    noise = sigma if c is None else sigma * c
+    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(noise, x0.ndim), eps)
     out = net(x_t, sigma, **net_kwargs)
     eps_hat = out if output == "eps" else to_eps(output, out, x_t, alpha, sigma)
+    if reference is not None:
+        x0_hat = reference_x0(x_t, alpha, sigma, x0, reference, exclude_own=wide)
+        eps = (x_t - append_dims(alpha, x0.ndim) * x0_hat) / append_dims(sigma, x0.ndim)
     err = torch.nn.functional.mse_loss(eps_hat, eps, reduction="none").flatten(1)
     loss = err.mean(1) if reduce == "mean" else err.sum(1)
+    if c is not None:
+        loss = loss / c.square()
     if weight is not None:
         return loss * weight
     if weighting == "likelihood":
@@ -126,6 +154,56 @@ def dsm_loss(
     if weighting == "none":
         return loss / sigma.square()
     return loss
+
+
+def _check_reference(x0: Tensor, reference: Tensor | None, widen: float, widen_frac: float, net_kwargs: dict) -> None:
+    if not (widen >= 1 and math.isfinite(widen)):
+        raise ValueError(f"widen must be a finite number >= 1, got {widen!r}")
+    if not 0.0 <= widen_frac <= 1.0:
+        raise ValueError(f"widen_frac must lie in [0, 1], got {widen_frac!r}")
+    if reference is None:
+        if widen > 1:
+            raise ValueError(f"widen = {widen} needs a reference batch: the widened samples' target is the "
+                             "reference estimate of the score")
+        return
+    if reference.shape[1:] != x0.shape[1:]:
+        raise ValueError(f"reference points must have shape (R, {', '.join(map(str, x0.shape[1:]))}), got "
+                         f"{tuple(reference.shape)}")
+    if net_kwargs.get("labels") is not None:
+        raise ValueError("a reference-batch target is for unconditional networks: it estimates the unconditional "
+                         "score from unlabelled reference points")
+
+
+def reference_x0(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, reference: Tensor,
+                 exclude_own: Tensor | None = None) -> Tensor:
+    """E[x0 | x_t] estimated from the batch's clean points x0 (B, ...) and reference points (R, ...), as (B, ...).
+
+    x0_hat_i = sum_j w_ij x_j over x0 and the reference, w_ij ∝ N(x_t_i; alpha_i x_j, sigma_i² I). Sample i's own
+    x0_i is a draw from p(x0 | x_t_i) when x_t_i came from the process's kernel, and every other point an
+    independent draw from the data: then E[x0_hat_i | x_t_i] is exactly E[x0 | x_t_i] (conditional importance
+    sampling), so (x_t - alpha x0_hat) / sigma is an unbiased eps target with less variance than eps itself (the
+    stable target field of Xu et al. 2023, "Stable target field for reduced variance score estimation in diffusion
+    models"). Samples whose x_t came from another kernel (widened noise) pass `exclude_own` (B,) True: their own x0
+    is left out and the estimate is the self-normalised one over the other points, consistent as they grow, with a
+    bias of order 1 / (effective sample size). Distances are taken in float64 (float32 on MPS).
+    """
+    b = x0.shape[0]
+    ddtype = torch.float32 if x0.device.type == "mps" else torch.float64
+    pts = torch.cat([x0, reference.to(x0.dtype)]).flatten(1)  # (B + R, D)
+    xt = x_t.detach().flatten(1).to(ddtype)
+    a, s2 = alpha.to(ddtype)[:, None], sigma.to(ddtype).square()[:, None]
+    # log N(x_t_i; a_i x_j, s2_i) up to a per-row constant, (a x_t . x_j - a² |x_j|² / 2) / s2, as one product of
+    # augmented matrices, in float64: the two terms nearly cancel where sigma is small
+    p64 = pts.to(ddtype)
+    rows = torch.cat([xt * (a / s2), -a.square() / (2 * s2)], 1)  # (B, D + 1)
+    logit = rows @ torch.cat([p64, p64.square().sum(1, keepdim=True)], 1).T  # (B, B + R)
+    own = -((xt - a * p64[:b]).square().sum(1) - xt.square().sum(1)) / (2 * s2[:, 0])  # from the distance
+    if exclude_own is not None:
+        own = torch.where(exclude_own, torch.full_like(own, float("-inf")), own)
+    idx = torch.arange(b, device=x0.device)
+    logit[idx, idx] = own
+    w = torch.softmax(logit, 1).to(pts.dtype)
+    return (w @ pts).reshape(x0.shape)
 
 
 def classifier_loss(

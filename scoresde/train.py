@@ -126,6 +126,10 @@ class TrainConfig:
     classifier_objective: str = "ce"  # noise-aware classifiers: "ce", or "guided_dsm" (CE + DSM of base + ∇ log p)
     classifier_base: str | None = None  # guided_dsm: the frozen unconditional score model (run or checkpoint dir)
     dsm_weight: float = 1.0  # guided_dsm: weight of the DSM term
+    reference_batch: int = 0  # > 0: DSM's target estimated from the batch plus this many reference points
+    widen: float = 1.0  # > 1 (with reference_batch): widened noise, c log-uniform in [1, widen], for part of the batch
+    widen_frac: float = 0.5  # the share of the batch drawn with widened noise
+    widen_t_min: float = 0.0  # widened noise only for t >= this
     init: str | None = None  # fine-tuning: start from this run's (or checkpoint's) EMA weights, with a fresh optimiser
     seed: int = 0
     device: str = "cpu"
@@ -161,6 +165,17 @@ class TrainConfig:
                              "model's run directory")
         if not (self.dsm_weight >= 0 and math.isfinite(self.dsm_weight)):
             raise ValueError(f"dsm_weight must be a finite number >= 0, got {self.dsm_weight!r}")
+        if not isinstance(self.reference_batch, int) or self.reference_batch < 0:
+            raise ValueError(f"reference_batch must be an integer >= 0, got {self.reference_batch!r}")
+        if not (self.widen >= 1 and math.isfinite(self.widen)):
+            raise ValueError(f"widen must be a finite number >= 1, got {self.widen!r}")
+        if self.widen > 1 and not self.reference_batch:
+            raise ValueError(f"widen = {self.widen} needs reference_batch > 0 (the widened samples' target is the "
+                             "reference estimate of the score)")
+        if not 0.0 <= self.widen_frac <= 1.0:
+            raise ValueError(f"widen_frac must lie in [0, 1], got {self.widen_frac!r}")
+        if not math.isfinite(self.widen_t_min):
+            raise ValueError(f"widen_t_min must be a finite number, got {self.widen_t_min!r}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
         if self.clip is not None and not self.clip > 0:
@@ -351,6 +366,10 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
     if conditional and not getattr(data, "num_classes", 0):
         what = "a classifier" if classify else "a class-conditional network"
         raise ValueError(f"{what} needs labelled data; {config.data!r} has no labels")
+    if config.reference_batch and (classify or conditional):
+        raise ValueError("reference_batch is for unconditional score networks: the reference estimates the "
+                         f"unconditional score, and {config.net.get('name')!r} is "
+                         f"{'a classifier' if classify else 'class-conditional'}")
     if not classify and config.classifier_objective != "ce":
         raise ValueError(f"classifier_objective {config.classifier_objective!r} is for noise-aware classifiers, "
                          f"not {config.net.get('name')!r}")
@@ -393,6 +412,9 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
                     drop = torch.rand(y.shape, generator=gen, device=device) < config.label_dropout
                     y = torch.where(drop, torch.full_like(y, null), y)
                 kwargs["labels"] = y
+            if config.reference_batch:
+                kwargs.update(reference=_sample_batch(data, config.reference_batch, gen, device, False)[0],
+                              widen=config.widen, widen_frac=config.widen_frac, widen_t_min=config.widen_t_min)
             return dsm_loss(model, process, x0, output=output, weighting=config.weighting, generator=gen,
                             snr_gamma=config.snr_gamma,
                             importance=importance, **kwargs).float().mean()

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 import toy_data
 from scoresde import VE, VP, DiscreteVP, SubVP
-from scoresde.losses import ImportanceSampler, classifier_loss, dsm_loss, guided_dsm_classifier_loss, sample_t
+from scoresde.losses import (ImportanceSampler, classifier_loss, dsm_loss, guided_dsm_classifier_loss, reference_x0,
+                             sample_t)
 from scoresde.score import convert
 
 from .conftest import DEVICE
@@ -204,3 +205,107 @@ def test_guided_dsm_classifier_loss_trains_only_the_classifier_and_checks_its_in
         guided_dsm_classifier_loss(net, base, p, x0, y, dsm_weight=-1.0)
     with pytest.raises(ValueError, match="t = 2.0"):
         guided_dsm_classifier_loss(net, base, p, x0.cpu(), y.cpu(), t=torch.full((64,), 2.0))
+
+
+@pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0)], ids=repr)
+def test_reference_x0_with_the_own_point_is_unbiased_and_without_it_is_not(process):
+    """Conditional importance sampling: with the sample's own x0 (a draw from p(x0 | x_t)) among the points, the
+    estimate's mean is exactly E[x0 | x_t], even with a single other point; without it, the self-normalised estimate
+    is pulled towards the data (tested through E[(x0_hat - m) . m], m = E[x0 | x_t] by Tweedie's formula)."""
+    target = toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(0)
+    b, r, reps = 2, 2, 3000
+    for exclude in (False, True):
+        stats = []
+        for _ in range(reps):
+            x0 = target.sample(b, generator=g, dtype=torch.float64)
+            ref = target.sample(r, generator=g, dtype=torch.float64)
+            t = torch.full((b,), 0.3, dtype=torch.float64, device=DEVICE)
+            a, s = process._alpha_sigma(t)
+            xt = a[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+            m = (xt + s[:, None] ** 2 * target.score(xt, process, t)) / a[:, None]
+            xh = reference_x0(xt, a, s, x0, ref, exclude_own=torch.full((b,), exclude, device=DEVICE))
+            stats.append(((xh - m) * m).sum(1))
+        st = torch.cat(stats)
+        mean, se = float(st.mean()), float(st.std()) / math.sqrt(st.numel())
+        if exclude:
+            assert mean < -10 * se, (mean, se)
+        else:
+            assert abs(mean) < 4 * se, (mean, se)
+
+
+def test_the_reference_target_is_the_exact_score_for_a_large_reference():
+    """With many reference points the eps target is close to the exact -sigma * score, in the data and (widened
+    samples, own point left out) inside ring8's ring where p_t is small; the exact network's loss drops with it."""
+    process, target = VP(), toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(1)
+    n = 512
+    ref = target.sample(16384, generator=g, dtype=torch.float64)
+    x0 = target.sample(n, generator=g, dtype=torch.float64)
+    inside = (torch.rand(n, 2, generator=g, device=DEVICE, dtype=torch.float64) - 0.5) * 1.2
+    for t0, xt, exclude in ((0.5, None, False), (0.1, inside, True)):
+        t = torch.full((n,), t0, dtype=torch.float64, device=DEVICE)
+        a, s = process._alpha_sigma(t)
+        if xt is None:
+            xt = a[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+        exact = -s[:, None] * target.score(xt, process, t)
+        xh = reference_x0(xt, a, s, x0, ref, exclude_own=torch.full((n,), exclude, device=DEVICE))
+        got = (xt - a[:, None] * xh) / s[:, None]
+        rel = float((got - exact).square().sum(1).mean() / exact.square().sum(1).mean())
+        assert rel < 0.01, (t0, rel)
+    net = _exact_net(target, process, "eps")
+    t = torch.full((n,), 0.5, dtype=torch.float64, device=DEVICE)
+    net.t = t
+    eps = torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    plain = dsm_loss(net, process, x0, t=t, eps=eps).mean()
+    with_ref = dsm_loss(net, process, x0, t=t, eps=eps, reference=ref).mean()
+    assert with_ref < 0.05 * plain, (float(with_ref), float(plain))
+
+
+def test_widened_noise_is_log_uniform_at_t_above_widen_t_min_and_weighted_one_over_c2():
+    process, target = VP(), toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(2)
+    n, widen = 4000, 16.0
+    x0 = target.sample(n, generator=g, dtype=torch.float64)
+    ref = target.sample(64, generator=g, dtype=torch.float64)
+    t = torch.linspace(0.01, 1.0, n, dtype=torch.float64, device=DEVICE)
+    eps = torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    seen = {}
+
+    def net(x, sigma):
+        seen["x"] = x
+        return torch.zeros_like(x)
+
+    loss = dsm_loss(net, process, x0, t=t, eps=eps, reference=ref, widen=widen, widen_frac=0.5, widen_t_min=0.4,
+                    generator=g)
+    a, s = process._alpha_sigma(t)
+    c = ((seen["x"] - a[:, None] * x0) / (s[:, None] * eps)).mean(1)  # the noise multiplier of each sample
+    low, high = t < 0.4, t >= 0.4
+    assert torch.allclose(c[low], torch.ones_like(c[low]))
+    wide = high & (c > 1 + 1e-9)
+    assert abs(float(wide.sum()) / float(high.sum()) - 0.5) < 0.05
+    assert float(c.min()) >= 1 - 1e-9 and float(c.max()) <= widen
+    assert abs(float(c[wide].log().mean()) - math.log(widen) / 2) < 0.1  # log-uniform on [0, log widen]
+    # with a zero network the loss is ||target||² / c²: the target is the reference estimate's eps
+    xh = reference_x0(seen["x"], a, s, x0, ref, exclude_own=wide)
+    target_eps = (seen["x"] - a[:, None] * xh) / s[:, None]
+    assert torch.allclose(loss, target_eps.square().mean(1) / c.square(), rtol=1e-9)
+
+
+def test_reference_and_widen_bad_input():
+    process, target = VP(), toy_data.ring8()
+    x0 = target.sample(8, generator=torch.Generator(DEVICE).manual_seed(0))
+
+    def net(x, sigma, **kw):
+        return torch.zeros_like(x)
+
+    with pytest.raises(ValueError, match="widen = 4.0 needs a reference"):
+        dsm_loss(net, process, x0, widen=4.0)
+    with pytest.raises(ValueError, match="widen must be a finite number >= 1, got 0.5"):
+        dsm_loss(net, process, x0, reference=x0, widen=0.5)
+    with pytest.raises(ValueError, match=r"widen_frac must lie in \[0, 1\], got 1.5"):
+        dsm_loss(net, process, x0, reference=x0, widen=2.0, widen_frac=1.5)
+    with pytest.raises(ValueError, match=r"reference points must have shape \(R, 2\), got \(8, 3\)"):
+        dsm_loss(net, process, x0, reference=torch.zeros(8, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="for unconditional networks"):
+        dsm_loss(net, process, x0, reference=x0, labels=torch.zeros(8, dtype=torch.long, device=DEVICE))

@@ -409,3 +409,39 @@ def test_log_is_readable_while_training_runs(tmp_path):
 
     train(_cfg(steps=30), tmp_path, progress=False, eval_fn=peek, eval_every=10)
     assert seen == {10: [10], 20: [10, 20], 30: [10, 20, 30]}, seen
+
+
+def test_reference_batch_reaches_the_loss_resumes_exactly_and_checks_its_input(tmp_path, capsys):
+    """TrainConfig.reference_batch / widen reach dsm_loss (its lower-variance target gives a lower loss than eps's;
+    test_losses checks the target itself), a run with them resumes to the identical loss sequence, and bad values
+    fail early."""
+    from scoresde.cli import main
+
+    ref = dict(reference_batch=256, widen=8.0, widen_t_min=0.1, log_every=1)
+    plain = train(_cfg(log_every=1, checkpoint_every=0), progress=False).losses
+    full = train(_cfg(**ref), tmp_path / "a", progress=False)
+    assert sum(full.losses[-10:]) < sum(plain[-10:]), (full.losses[-10:], plain[-10:])
+    train(_cfg(**ref), tmp_path / "b", progress=False, stop_at=20)
+    rest = train(_cfg(**ref), tmp_path / "b", resume=True, progress=False)
+    assert rest.losses == full.losses[20:]
+    with pytest.raises(ValueError, match="reference_batch must be an integer >= 0, got -1"):
+        _cfg(reference_batch=-1).validate()
+    with pytest.raises(ValueError, match="widen = 4.0 needs reference_batch"):
+        _cfg(widen=4.0).validate()
+    with pytest.raises(ValueError, match="widen must be a finite number >= 1, got 0.5"):
+        _cfg(reference_batch=8, widen=0.5).validate()
+    with pytest.raises(ValueError, match=r"widen_frac must lie in \[0, 1\], got 2"):
+        _cfg(reference_batch=8, widen_frac=2).validate()
+    with pytest.raises(ValueError, match="class-conditional"):
+        train(_cfg(net={**SMALL, "num_classes": 8}, reference_batch=8, steps=1), progress=False)
+    with pytest.raises(ValueError, match="a classifier"):
+        train(_cfg(net={"name": "mlp_classifier", "num_classes": 8, "width": 8, "depth": 1}, reference_batch=8,
+                   steps=1), progress=False)
+    common = ["train", "--data", "ring8", "--steps", "3", "--batch", "16", "--width", "8", "--depth", "1",
+              "--no-preview", "--device", str(DEVICE)]
+    assert main([*common, "--widen", "4", "--out", str(tmp_path / "c1")]) != 0
+    assert "needs reference_batch" in capsys.readouterr().err
+    assert main([*common, "--reference-batch", "32", "--widen", "4", "--widen-frac", "0.25", "--widen-t-min", "0.2",
+                 "--out", str(tmp_path / "c2")]) == 0
+    saved = json.loads((tmp_path / "c2" / "config.json").read_text())
+    assert (saved["reference_batch"], saved["widen"], saved["widen_frac"], saved["widen_t_min"]) == (32, 4.0, 0.25, 0.2)
