@@ -23,14 +23,20 @@ MUTS = [
  ("DiscreteVP f off by one interval", "scoresde/processes.py", "i = torch.ceil(t * self.num_steps - 1e-9).clamp(1, self.num_steps).long()", "i = torch.ceil(t * self.num_steps - 1e-9).clamp(1, self.num_steps - 1).long() + 1", "test_processes.py::test_drift_and_diffusion_reproduce_the_marginal"),
  ("VP inverse log-SNR sign", "scoresde/processes.py", "softplus(-log_snr)", "softplus(log_snr)", "test_processes.py::test_log_snr_and_its_inverse"),
  ("sub-VP inverse log-SNR root", "scoresde/processes.py", "alpha = 2.0 * r / (1.0 + torch.sqrt(1.0 + 4.0 * r**2))", "alpha = r / (1.0 + torch.sqrt(1.0 + 4.0 * r**2))", "test_processes.py::test_log_snr_and_its_inverse"),
+ ("reference target drops the own point", "scoresde/losses.py", "    logit[idx, idx] = own\n", "    logit[idx, idx] = float('-inf')\n", "test_losses.py::test_reference_x0_with_the_own_point_is_unbiased_and_without_it_is_not"),
+ ("reference target keeps the own point of widened samples", "scoresde/losses.py", "own = torch.where(exclude_own, torch.full_like(own, float(\"-inf\")), own)", "own = own", "test_losses.py::test_reference_x0_with_the_own_point_is_unbiased_and_without_it_is_not"),
+ ("reference target's own distance on another scale", "scoresde/losses.py", "- xt.square().sum(1)) / (2 * s2[:, 0])", ") / (2 * s2[:, 0])", "test_losses.py::test_reference_x0_with_the_own_point_is_unbiased_and_without_it_is_not"),
+ ("widened samples not weighted 1 / c²", "scoresde/losses.py", "        loss = loss / c.square()\n", "        loss = loss\n", "test_losses.py::test_widened_noise_is_log_uniform_at_t_above_widen_t_min_and_weighted_one_over_c2"),
  ("class posterior forgets a component", "toy_data/mixture.py", "log_joint = torch.logsumexp(masked, dim=2)", "log_joint = masked.max(dim=2).values", "test_mixture.py::test_class_posterior_is_bayes_rule"),
 ]
 only = sys.argv[1:]
 ok = True
 for name, path, old, new, test in MUTS:
+    if only and not any(o in name for o in only):
+        continue
     dst = pathlib.Path(tempfile.gettempdir()) / "scoresde-mutant"
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(SRC, dst, ignore=shutil.ignore_patterns(".git", ".hypothesis", "__pycache__", "benchmarks"))
+    shutil.copytree(SRC, dst, ignore=shutil.ignore_patterns(".git", ".hypothesis", "__pycache__", "benchmarks", "runs"))
     f = dst / path
     text = f.read_text()
     assert text.count(old) == 1, (name, old)
