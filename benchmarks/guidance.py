@@ -7,8 +7,10 @@
 Trains with the library's trainer: a class-conditional score MLP with label dropout (classifier-free guidance; 6000
 steps, width 128) and an unconditional score MLP (20000 steps, width 256), both at batch 1024 and then fine-tuned 5000
 steps at batch 4096 (Adam 3e-4, EMA 0.999, `init` from the first run: the large-batch phase averages away gradient
-noise, which was the models' main error); and a noise-aware MLP classifier (classifier guidance on the unconditional
-model): 6000 steps of cross-entropy, then by default 30000 steps fine-tuned with `classifier_objective="guided_dsm"`
+noise, which was the models' main error); the unconditional model then takes 3000 steps with a reference-batch target
+(`reference_batch` 8192, `widen` 16 at t >= 0.03, Adam 3e-4, EMA 0.999: it learns the score inside the ring, where
+p_t is small and plain DSM never samples, and where classifier-guided trajectories strayed); and a noise-aware MLP
+classifier (classifier guidance on the unconditional model): 6000 steps of cross-entropy, then by default 30000 steps fine-tuned with `classifier_objective="guided_dsm"`
 (cross-entropy plus DSM of the unconditional score plus the classifier's gradient, the unconditional model frozen;
 `init` from the cross-entropy run). Models go to (and are reused from) --keep. Then, for each guidance weight, samples
 every label (n per label) and reports the share of samples whose exact nearest class (argmax of the exact p(y | x)) is
@@ -77,6 +79,11 @@ def main() -> None:
     p.add_argument("--ft-steps", type=int, default=5000,
                    help="large-batch fine-tuning steps of both score models (0: none)")
     p.add_argument("--ft-batch", type=int, default=4096)
+    p.add_argument("--ref-steps", type=int, default=3000, help="steps of the unconditional model's reference-target "
+                   "phase after the large-batch one (0: none)")
+    p.add_argument("--ref-batch", type=int, default=8192, help="its reference points (reference_batch)")
+    p.add_argument("--widen", type=float, default=16.0, help="its widened noise (widen)")
+    p.add_argument("--widen-t-min", type=float, default=0.03, help="its widen_t_min")
     p.add_argument("--clf-objective", default="guided_dsm", help="ce or guided_dsm")
     p.add_argument("--clf-ce-steps", type=int, default=6000, help="cross-entropy steps (the whole training for ce; "
                    "for guided_dsm the classifier it fine-tunes, 0: guided_dsm from scratch)")
@@ -105,6 +112,12 @@ def main() -> None:
                                    keep / f"cond_{args.cond_steps}_{args.cond_width}", label_dropout=0.15)
     uncond, s_uncond, uncond_run = fit_and_tune({"width": args.uncond_width}, args.uncond_steps,
                                                 keep / f"uncond_{args.uncond_steps}_{args.uncond_width}")
+    if args.ref_steps:  # the reference-target phase: batch 1024, Adam 3e-4 (cosine to 5 %), EMA 0.999, no warm-up
+        ref_run = uncond_run.with_name(f"{uncond_run.name}_ref{args.ref_steps}_r{args.ref_batch}_w{args.widen:g}")
+        uncond, s_ref = fit({"width": args.uncond_width}, args.ref_steps, ref_run, lr=3e-4, ema=0.999, warmup=0,
+                            init=str(uncond_run), reference_batch=args.ref_batch, widen=args.widen,
+                            widen_t_min=args.widen_t_min)
+        uncond_run, s_uncond = ref_run, s_uncond + s_ref
     clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}
     s_clf = 0.0
     init = None

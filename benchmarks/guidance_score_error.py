@@ -1,6 +1,6 @@
 """Where a learned ring8 score is wrong, by noise level: the diagnosis behind issue 5's guidance models.
 
-    python benchmarks/guidance_score_error.py     # the guidance benchmark's score models, before and after fine-tuning
+    python benchmarks/guidance_score_error.py     # the guidance benchmark's score models, before and after each phase
     python benchmarks/guidance_score_error.py --runs runs/a runs/b --label 3
 
 For each run and each t, draws x_t from the diffused exact conditional of --label (n points, x0 from class `label`,
@@ -30,6 +30,7 @@ from scoresde.train import Model, load_model  # noqa: E402
 TIMES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 CENTRE_TIMES = (0.03, 0.05, 0.08, 0.1, 0.15, 0.2)
 RUNS = ("runs/guidance/uncond_20000_256", "runs/guidance/uncond_20000_256_ft5000_b4096",
+        "runs/guidance/uncond_20000_256_ft5000_b4096_ref3000_r8192_w16",
         "runs/guidance/cond_6000_128", "runs/guidance/cond_6000_128_ft5000_b4096")
 
 
