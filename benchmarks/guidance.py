@@ -84,6 +84,8 @@ def main() -> None:
     p.add_argument("--ref-batch", type=int, default=8192, help="its reference points (reference_batch)")
     p.add_argument("--widen", type=float, default=16.0, help="its widened noise (widen)")
     p.add_argument("--widen-t-min", type=float, default=0.03, help="its widen_t_min")
+    p.add_argument("--clf-ref-steps", type=int, default=3000, help="steps of the classifier's reference-target phase "
+                   "(guided_dsm, the same reference and widening; 0: none)")
     p.add_argument("--clf-objective", default="guided_dsm", help="ce or guided_dsm")
     p.add_argument("--clf-ce-steps", type=int, default=6000, help="cross-entropy steps (the whole training for ce; "
                    "for guided_dsm the classifier it fine-tunes, 0: guided_dsm from scratch)")
@@ -127,12 +129,20 @@ def main() -> None:
         init = str(ce_run)
     if args.clf_objective != "ce":  # fine-tuning (Adam 1e-3, EMA 0.999, no warm-up or clipping) or from scratch
         tune = dict(lr=1e-3, ema=0.999, warmup=0, clip=None, init=init) if init else {}
-        clf, s_tuned = fit(clf_net, args.clf_steps,
-                           keep / f"clf_{args.clf_objective}_{args.clf_ce_steps}_{args.clf_steps}_{args.clf_width}"
-                                  f"_on_{uncond_run.name}",
-                           classifier_objective=args.clf_objective, classifier_base=str(uncond_run),
-                           dsm_weight=args.dsm_weight, **tune)
+        clf_run = keep / f"clf_{args.clf_objective}_{args.clf_ce_steps}_{args.clf_steps}_{args.clf_width}" \
+                         f"_on_{uncond_run.name}"
+        clf, s_tuned = fit(clf_net, args.clf_steps, clf_run, classifier_objective=args.clf_objective,
+                           classifier_base=str(uncond_run), dsm_weight=args.dsm_weight, **tune)
         s_clf += s_tuned
+        if args.clf_ref_steps:  # soft labels and conditional-mean DSM targets from the reference, widened noise
+            clf, s_tuned = fit(clf_net, args.clf_ref_steps,
+                               clf_run.with_name(f"{clf_run.name}_ref{args.clf_ref_steps}_r{args.ref_batch}"
+                                                 f"_w{args.widen:g}"),
+                               lr=3e-4, ema=0.999, warmup=0, clip=None, init=str(clf_run),
+                               classifier_objective=args.clf_objective, classifier_base=str(uncond_run),
+                               dsm_weight=args.dsm_weight, reference_batch=args.ref_batch, widen=args.widen,
+                               widen_t_min=args.widen_t_min)
+            s_clf += s_tuned
     process = cond.process
     print(f"trained: conditional {s_cond:.1f} s, unconditional {s_uncond:.1f} s, classifier {s_clf:.1f} s "
           "(0: reused from --keep)")

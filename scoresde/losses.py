@@ -25,7 +25,7 @@ from ._utils import append_dims
 from .processes import DiscreteVP, Process
 from .score import to_eps
 
-__all__ = ["WEIGHTINGS", "CLASSIFIER_OBJECTIVES", "sample_t", "dsm_loss", "reference_x0", "ImportanceSampler", "classifier_loss",
+__all__ = ["WEIGHTINGS", "CLASSIFIER_OBJECTIVES", "sample_t", "dsm_loss", "reference_x0", "reference_posterior", "ImportanceSampler", "classifier_loss",
            "guided_dsm_classifier_loss"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "none")
@@ -128,11 +128,7 @@ def dsm_loss(
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = process._alpha_sigma(t)  # t is in range by construction or checked above
-    wide = c = None
-    if widen > 1:
-        wide = (torch.rand(b, generator=generator, device=x0.device, dtype=x0.dtype) < widen_frac) & (t >= widen_t_min)
-        u = torch.rand(b, generator=generator, device=x0.device, dtype=x0.dtype)
-        c = torch.where(wide, torch.exp(u * math.log(widen)), torch.ones_like(u))
+    wide, c = _widen_noise(t, widen, widen_frac, widen_t_min, generator)
     noise = sigma if c is None else sigma * c
     x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(noise, x0.ndim), eps)
     out = net(x_t, sigma, **net_kwargs)
@@ -156,7 +152,19 @@ def dsm_loss(
     return loss
 
 
-def _check_reference(x0: Tensor, reference: Tensor | None, widen: float, widen_frac: float, net_kwargs: dict) -> None:
+def _widen_noise(t: Tensor, widen: float, widen_frac: float, widen_t_min: float,
+                 generator: torch.Generator | None) -> tuple[Tensor | None, Tensor | None]:
+    """(wide, c): which samples get widened noise (a widen_frac share of those at t >= widen_t_min) and the noise
+    multiplier c of every sample (log-uniform on [1, widen] where wide, else 1); (None, None) when widen is 1."""
+    if widen <= 1:
+        return None, None
+    wide = (torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype) < widen_frac) & (t >= widen_t_min)
+    u = torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+    return wide, torch.where(wide, torch.exp(u * math.log(widen)), torch.ones_like(u))
+
+
+def _check_reference(x0: Tensor, reference: Tensor | None, widen: float, widen_frac: float, net_kwargs: dict,
+                     reference_labels: Tensor | None = None, labelled: bool = False) -> None:
     if not (widen >= 1 and math.isfinite(widen)):
         raise ValueError(f"widen must be a finite number >= 1, got {widen!r}")
     if not 0.0 <= widen_frac <= 1.0:
@@ -172,6 +180,31 @@ def _check_reference(x0: Tensor, reference: Tensor | None, widen: float, widen_f
     if net_kwargs.get("labels") is not None:
         raise ValueError("a reference-batch target is for unconditional networks: it estimates the unconditional "
                          "score from unlabelled reference points")
+    if labelled and (reference_labels is None or reference_labels.shape != reference.shape[:1]):
+        got = None if reference_labels is None else tuple(reference_labels.shape)
+        raise ValueError(f"a classifier's reference needs reference_labels of shape ({reference.shape[0]},), got {got}")
+
+
+def _reference_logits(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, reference: Tensor,
+                      exclude_own: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(logit, own, pts): log N(x_t_i; alpha_i x_j, sigma_i² I) up to a per-row constant over the points x0 and the
+    reference, (B, B + R) in float64 (float32 on MPS), with the own points left out where exclude_own; the own
+    points' logits before that; and the points flattened, (B + R, D), in x0's dtype."""
+    b = x0.shape[0]
+    ddtype = torch.float32 if x0.device.type == "mps" else torch.float64
+    pts = torch.cat([x0, reference.to(x0.dtype)]).flatten(1)  # (B + R, D)
+    xt = x_t.detach().flatten(1).to(ddtype)
+    a, s2 = alpha.to(ddtype)[:, None], sigma.to(ddtype).square()[:, None]
+    # (a x_t . x_j - a² |x_j|² / 2) / s2 as one product of augmented matrices, in float64: the two terms nearly
+    # cancel where sigma is small
+    p64 = pts.to(ddtype)
+    rows = torch.cat([xt * (a / s2), -a.square() / (2 * s2)], 1)  # (B, D + 1)
+    logit = rows @ torch.cat([p64, p64.square().sum(1, keepdim=True)], 1).T  # (B, B + R)
+    own = -((xt - a * p64[:b]).square().sum(1) - xt.square().sum(1)) / (2 * s2[:, 0])  # from the distance
+    idx = torch.arange(b, device=x0.device)
+    logit[idx, idx] = own if exclude_own is None else torch.where(exclude_own, torch.full_like(own, float("-inf")),
+                                                                   own)
+    return logit, own, pts
 
 
 def reference_x0(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, reference: Tensor,
@@ -187,23 +220,28 @@ def reference_x0(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, referenc
     is left out and the estimate is the self-normalised one over the other points, consistent as they grow, with a
     bias of order 1 / (effective sample size). Distances are taken in float64 (float32 on MPS).
     """
-    b = x0.shape[0]
-    ddtype = torch.float32 if x0.device.type == "mps" else torch.float64
-    pts = torch.cat([x0, reference.to(x0.dtype)]).flatten(1)  # (B + R, D)
-    xt = x_t.detach().flatten(1).to(ddtype)
-    a, s2 = alpha.to(ddtype)[:, None], sigma.to(ddtype).square()[:, None]
-    # log N(x_t_i; a_i x_j, s2_i) up to a per-row constant, (a x_t . x_j - a² |x_j|² / 2) / s2, as one product of
-    # augmented matrices, in float64: the two terms nearly cancel where sigma is small
-    p64 = pts.to(ddtype)
-    rows = torch.cat([xt * (a / s2), -a.square() / (2 * s2)], 1)  # (B, D + 1)
-    logit = rows @ torch.cat([p64, p64.square().sum(1, keepdim=True)], 1).T  # (B, B + R)
-    own = -((xt - a * p64[:b]).square().sum(1) - xt.square().sum(1)) / (2 * s2[:, 0])  # from the distance
-    if exclude_own is not None:
-        own = torch.where(exclude_own, torch.full_like(own, float("-inf")), own)
-    idx = torch.arange(b, device=x0.device)
-    logit[idx, idx] = own
-    w = torch.softmax(logit, 1).to(pts.dtype)
-    return (w @ pts).reshape(x0.shape)
+    logit, _, pts = _reference_logits(x_t, alpha, sigma, x0, reference, exclude_own)
+    return (torch.softmax(logit, 1).to(pts.dtype) @ pts).reshape(x0.shape)
+
+
+def reference_posterior(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, labels: Tensor, reference: Tensor,
+                        reference_labels: Tensor, num_classes: int,
+                        exclude_own: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """For labelled points: (p_hat (B, K), x0_hat (B, ...)), estimates of p(y | x_t) and of E[x0 | x_t, y = labels]
+    by the same weights as `reference_x0` (the latter over the points of each sample's own label only). Both are
+    exactly unbiased for samples drawn from the process's kernel (own point included), consistent for the others; a
+    widened sample whose label has no other point among them falls back to its own point."""
+    logit, own, pts = _reference_logits(x_t, alpha, sigma, x0, reference, exclude_own)
+    all_labels = torch.cat([labels, reference_labels.to(labels.device)]).long()
+    w = torch.softmax(logit, 1)
+    p_hat = torch.zeros(w.shape[0], num_classes, dtype=w.dtype, device=w.device).index_add_(1, all_labels, w)
+    same = all_labels[None, :] == labels.long()[:, None]
+    masked = torch.where(same, logit, torch.full_like(logit, float("-inf")))
+    idx = torch.arange(x0.shape[0], device=x0.device)
+    none = ~torch.isfinite(masked).any(1)
+    masked[idx, idx] = torch.where(none, own, masked[idx, idx])
+    x0_hat = (torch.softmax(masked, 1).to(pts.dtype) @ pts).reshape(x0.shape)
+    return p_hat.to(x0.dtype), x0_hat
 
 
 def classifier_loss(
@@ -214,16 +252,33 @@ def classifier_loss(
     *,
     t: Tensor | None = None,
     generator: torch.Generator | None = None,
+    reference: Tensor | None = None,
+    reference_labels: Tensor | None = None,
+    widen: float = 1.0,
+    widen_frac: float = 0.5,
+    widen_t_min: float = 0.0,
 ) -> Tensor:
     """Per-sample cross-entropy of a noise-aware classifier clf(x_t, sigma(t)) -> logits over noisy inputs,
-    with t drawn as for DSM (so the classifier is trained at every noise level guidance will query)."""
-    _, _, sigma, x_t = _noisy_labelled(process, x0, labels, t, None, generator)
-    return torch.nn.functional.cross_entropy(clf(x_t, sigma), labels.long(), reduction="none")
+    with t drawn as for DSM (so the classifier is trained at every noise level guidance will query).
+
+    With `reference` points and their `reference_labels` the target is the `reference_posterior` estimate of
+    p(y | x_t) (soft labels; the same minimiser, less variance), and `widen` > 1 draws part of the batch with widened
+    noise as in `dsm_loss` (unweighted): it trains the classifier where p_t is small, between the classes."""
+    _check_reference(x0, reference, widen, widen_frac, {}, reference_labels, labelled=True)
+    _, _, alpha, sigma, x_t, wide, _ = _noisy_labelled(process, x0, labels, t, None, generator, widen, widen_frac,
+                                                       widen_t_min)
+    logits = clf(x_t, sigma)
+    if reference is None:
+        return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+    p_hat, _ = reference_posterior(x_t, alpha, sigma, x0, labels, reference, reference_labels, logits.shape[-1], wide)
+    return -(p_hat.to(logits.dtype) * logits.log_softmax(-1)).sum(-1)
 
 
 def _noisy_labelled(process: Process, x0: Tensor, labels: Tensor, t: Tensor | None, eps: Tensor | None,
-                    generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(t, eps, sigma, x_t) for the classifier losses: t drawn as for DSM unless given (then checked), then eps."""
+                    generator: torch.Generator | None, widen: float = 1.0, widen_frac: float = 0.5,
+                    widen_t_min: float = 0.0) -> tuple[Tensor, ...]:
+    """(t, eps, alpha, sigma, x_t, wide, c) for the classifier losses: t drawn as for DSM unless given (then
+    checked), then eps, then the widened noise (wide and c None without it)."""
     b = x0.shape[0]
     if labels.shape != (b,):
         raise ValueError(f"labels must have shape ({b},), got {tuple(labels.shape)}")
@@ -234,7 +289,10 @@ def _noisy_labelled(process: Process, x0: Tensor, labels: Tensor, t: Tensor | No
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = process._alpha_sigma(t)
-    return t, eps, sigma, torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(sigma, x0.ndim), eps)
+    wide, c = _widen_noise(t, widen, widen_frac, widen_t_min, generator)
+    noise = sigma if c is None else sigma * c
+    return t, eps, alpha, sigma, torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(noise, x0.ndim), eps), \
+        wide, c
 
 
 def guided_dsm_classifier_loss(
@@ -248,6 +306,11 @@ def guided_dsm_classifier_loss(
     t: Tensor | None = None,
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
+    reference: Tensor | None = None,
+    reference_labels: Tensor | None = None,
+    widen: float = 1.0,
+    widen_frac: float = 0.5,
+    widen_t_min: float = 0.0,
 ) -> Tensor:
     """Per-sample CE + dsm_weight * ||sigma (s_base(x_t, t) + ∇_x log p(y | x_t)) + eps||² (mean over dimensions).
 
@@ -256,10 +319,17 @@ def guided_dsm_classifier_loss(
     (unconditional) score frozen: its minimiser over gradient fields is ∇_x log p(y | x_t) = s(x_t | y) − s_base, the
     exact classifier gradient when s_base is exact, and otherwise the one that also corrects the base model's error
     on labelled data. `base_score(x, t)` is a ScoreFn; no gradient flows into it. Returns a (B,) tensor.
+
+    With `reference` points and their `reference_labels`, the CE target is the `reference_posterior` estimate of
+    p(y | x_t) and eps is replaced by (x_t - alpha x0_hat) / sigma, x0_hat its estimate of E[x0 | x_t, y] (the same
+    minimisers, less variance); `widen` > 1 draws part of the batch with widened noise as in `dsm_loss` (their DSM
+    term weighted 1 / c²): the gradient is then trained between the classes too, where p_t is small.
     """
     if not (dsm_weight >= 0 and dsm_weight < float("inf")):
         raise ValueError(f"dsm_weight must be a finite number >= 0, got {dsm_weight!r}")
-    t, eps, sigma, x_t = _noisy_labelled(process, x0, labels, t, eps, generator)
+    _check_reference(x0, reference, widen, widen_frac, {}, reference_labels, labelled=True)
+    t, eps, alpha, sigma, x_t, wide, c = _noisy_labelled(process, x0, labels, t, eps, generator, widen, widen_frac,
+                                                         widen_t_min)
     with torch.no_grad():
         s_base = base_score(x_t, t)
     x_t.requires_grad_(True)
@@ -267,6 +337,13 @@ def guided_dsm_classifier_loss(
         logits = clf(x_t, sigma)
         log_p = logits.log_softmax(-1).gather(1, labels.long()[:, None])[:, 0]
         (grad,) = torch.autograd.grad(log_p.sum(), x_t, create_graph=True)
-    ce = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+    if reference is None:
+        ce = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+    else:
+        p_hat, x0_hat = reference_posterior(x_t, alpha, sigma, x0, labels, reference, reference_labels,
+                                            logits.shape[-1], wide)
+        ce = -(p_hat.to(logits.dtype) * logits.log_softmax(-1)).sum(-1)
+        eps = (x_t.detach() - append_dims(alpha, x0.ndim) * x0_hat) / append_dims(sigma, x0.ndim)
     guided = append_dims(sigma, x0.ndim) * (s_base.to(grad.dtype) + grad) + eps
-    return ce + dsm_weight * guided.square().flatten(1).mean(1)
+    dsm = guided.square().flatten(1).mean(1)
+    return ce + dsm_weight * (dsm if c is None else dsm / c.square())

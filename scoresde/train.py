@@ -126,7 +126,7 @@ class TrainConfig:
     classifier_objective: str = "ce"  # noise-aware classifiers: "ce", or "guided_dsm" (CE + DSM of base + ∇ log p)
     classifier_base: str | None = None  # guided_dsm: the frozen unconditional score model (run or checkpoint dir)
     dsm_weight: float = 1.0  # guided_dsm: weight of the DSM term
-    reference_batch: int = 0  # > 0: DSM's target estimated from the batch plus this many reference points
+    reference_batch: int = 0  # > 0: the loss's target estimated from the batch plus this many reference points
     widen: float = 1.0  # > 1 (with reference_batch): widened noise, c log-uniform in [1, widen], for part of the batch
     widen_frac: float = 0.5  # the share of the batch drawn with widened noise
     widen_t_min: float = 0.0  # widened noise only for t >= this
@@ -366,10 +366,9 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
     if conditional and not getattr(data, "num_classes", 0):
         what = "a classifier" if classify else "a class-conditional network"
         raise ValueError(f"{what} needs labelled data; {config.data!r} has no labels")
-    if config.reference_batch and (classify or conditional):
-        raise ValueError("reference_batch is for unconditional score networks: the reference estimates the "
-                         f"unconditional score, and {config.net.get('name')!r} is "
-                         f"{'a classifier' if classify else 'class-conditional'}")
+    if config.reference_batch and conditional and not classify:
+        raise ValueError("reference_batch is for unconditional score networks and noise-aware classifiers, not "
+                         "class-conditional score networks")
     if not classify and config.classifier_objective != "ce":
         raise ValueError(f"classifier_objective {config.classifier_objective!r} is for noise-aware classifiers, "
                          f"not {config.net.get('name')!r}")
@@ -400,21 +399,24 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
     def stream_loss(gen: torch.Generator) -> Tensor:
         """Mean loss of one stream's per_stream examples, all randomness from its generator."""
         x0, y = _sample_batch(data, per_stream, gen, device, conditional)
+        ref = {}
+        if config.reference_batch:
+            ref_x, ref_y = _sample_batch(data, config.reference_batch, gen, device, classify)
+            ref = dict(reference=ref_x, widen=config.widen, widen_frac=config.widen_frac,
+                       widen_t_min=config.widen_t_min, **({"reference_labels": ref_y} if classify else {}))
         with autocast():
             if base_score is not None:
                 return guided_dsm_classifier_loss(model, base_score, process, x0, y, dsm_weight=config.dsm_weight,
-                                                  generator=gen).float().mean()
+                                                  generator=gen, **ref).float().mean()
             if classify:
-                return classifier_loss(model, process, x0, y, generator=gen).float().mean()
+                return classifier_loss(model, process, x0, y, generator=gen, **ref).float().mean()
             kwargs = {}
             if conditional:
                 if config.label_dropout > 0:
                     drop = torch.rand(y.shape, generator=gen, device=device) < config.label_dropout
                     y = torch.where(drop, torch.full_like(y, null), y)
                 kwargs["labels"] = y
-            if config.reference_batch:
-                kwargs.update(reference=_sample_batch(data, config.reference_batch, gen, device, False)[0],
-                              widen=config.widen, widen_frac=config.widen_frac, widen_t_min=config.widen_t_min)
+            kwargs.update(ref)
             return dsm_loss(model, process, x0, output=output, weighting=config.weighting, generator=gen,
                             snr_gamma=config.snr_gamma,
                             importance=importance, **kwargs).float().mean()

@@ -27,6 +27,7 @@ MUTS = [
  ("reference target keeps the own point of widened samples", "scoresde/losses.py", "own = torch.where(exclude_own, torch.full_like(own, float(\"-inf\")), own)", "own = own", "test_losses.py::test_reference_x0_with_the_own_point_is_unbiased_and_without_it_is_not"),
  ("reference target's own distance on another scale", "scoresde/losses.py", "- xt.square().sum(1)) / (2 * s2[:, 0])", ") / (2 * s2[:, 0])", "test_losses.py::test_reference_x0_with_the_own_point_is_unbiased_and_without_it_is_not"),
  ("widened samples not weighted 1 / c²", "scoresde/losses.py", "        loss = loss / c.square()\n", "        loss = loss\n", "test_losses.py::test_widened_noise_is_log_uniform_at_t_above_widen_t_min_and_weighted_one_over_c2"),
+ ("class-conditional reference mean over every label", "scoresde/losses.py", "masked = torch.where(same, logit, torch.full_like(logit, float(\"-inf\")))", "masked = logit.clone()", "test_losses.py::test_reference_posterior_is_unbiased_for_the_class_and_the_class_conditional_mean"),
  ("class posterior forgets a component", "toy_data/mixture.py", "log_joint = torch.logsumexp(masked, dim=2)", "log_joint = masked.max(dim=2).values", "test_mixture.py::test_class_posterior_is_bayes_rule"),
 ]
 only = sys.argv[1:]

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import toy_data
 from scoresde import VE, VP, DiscreteVP, SubVP
-from scoresde.losses import (ImportanceSampler, classifier_loss, dsm_loss, guided_dsm_classifier_loss, reference_x0,
-                             sample_t)
+from scoresde.losses import (ImportanceSampler, classifier_loss, dsm_loss, guided_dsm_classifier_loss, reference_posterior,
+                             reference_x0, sample_t)
 from scoresde.score import convert
 
 from .conftest import DEVICE
@@ -309,3 +309,44 @@ def test_reference_and_widen_bad_input():
         dsm_loss(net, process, x0, reference=torch.zeros(8, 3, device=DEVICE))
     with pytest.raises(ValueError, match="for unconditional networks"):
         dsm_loss(net, process, x0, reference=x0, labels=torch.zeros(8, dtype=torch.long, device=DEVICE))
+
+
+def test_reference_posterior_is_unbiased_for_the_class_and_the_class_conditional_mean():
+    """With the own point (a draw from p(x0, y | x_t)) among the labelled points, p_hat has mean p(y | x_t) and
+    x0_hat mean E[x0 | x_t, y] (Tweedie on the class's diffused score), even with two other points."""
+    process, target = VP(), toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(3)
+    b, r, reps = 2, 2, 3000
+    dp, dx = [], []
+    for _ in range(reps):
+        x0, y = target.sample(b, generator=g, dtype=torch.float64, return_labels=True)
+        ref, ref_y = target.sample(r, generator=g, dtype=torch.float64, return_labels=True)
+        t = torch.full((b,), 0.3, dtype=torch.float64, device=DEVICE)
+        a, s = process._alpha_sigma(t)
+        xt = a[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+        p_hat, x0_hat = reference_posterior(xt, a, s, x0, y, ref, ref_y, 8)
+        dp.append(p_hat - target.class_log_prob(xt, process, t).exp())
+        m = torch.stack([(xt[i] + s[i] ** 2 * target.conditional(int(y[i])).score(xt[i:i + 1], process, t[i:i + 1])[0])
+                         / a[i] for i in range(b)])
+        dx.append(((x0_hat - m) * m).sum(1))
+    for d in (torch.cat(dp), torch.cat(dx)):
+        mean, se = d.mean(0), d.std(0) / math.sqrt(d.shape[0])
+        assert (mean.abs() < 4 * se + 1e-12).all(), (mean, se)
+
+
+def test_classifier_losses_with_a_reference_check_their_input_and_widen():
+    process, target = VP(), toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(4)
+    x0, y = target.sample(64, generator=g, return_labels=True)
+    ref, ref_y = target.sample(256, generator=g, return_labels=True)
+
+    def clf(x, sigma):
+        return torch.zeros(x.shape[0], 8, device=x.device, dtype=x.dtype)
+
+    # a constant classifier's soft cross-entropy is log 8 whatever the (normalised) soft labels
+    loss = classifier_loss(clf, process, x0, y, reference=ref, reference_labels=ref_y, widen=8.0, generator=g)
+    torch.testing.assert_close(loss, torch.full_like(loss, math.log(8)))
+    with pytest.raises(ValueError, match=r"reference_labels of shape \(256,\), got None"):
+        classifier_loss(clf, process, x0, y, reference=ref)
+    with pytest.raises(ValueError, match="widen = 2.0 needs a reference"):
+        guided_dsm_classifier_loss(clf, lambda x, t: torch.zeros_like(x), process, x0, y, widen=2.0)

@@ -1,6 +1,7 @@
 """The trainer: learning, exact resume, atomic checkpoints that never execute pickled code, NaN detection, CLI."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -434,9 +435,15 @@ def test_reference_batch_reaches_the_loss_resumes_exactly_and_checks_its_input(t
         _cfg(reference_batch=8, widen_frac=2).validate()
     with pytest.raises(ValueError, match="class-conditional"):
         train(_cfg(net={**SMALL, "num_classes": 8}, reference_batch=8, steps=1), progress=False)
-    with pytest.raises(ValueError, match="a classifier"):
-        train(_cfg(net={"name": "mlp_classifier", "num_classes": 8, "width": 8, "depth": 1}, reference_batch=8,
-                   steps=1), progress=False)
+    # noise-aware classifiers take it too (soft labels from labelled reference points), both objectives
+    clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": 8, "depth": 1}
+    ce = train(_cfg(net=clf_net, steps=5, log_every=1, checkpoint_every=0), progress=False).losses
+    soft = train(_cfg(net=clf_net, steps=5, **ref), progress=False).losses
+    assert len(soft) == 5 and soft != ce and all(map(math.isfinite, soft))
+    train(_cfg(steps=2, checkpoint_every=0), tmp_path / "base", progress=False)
+    guided = train(_cfg(net=clf_net, steps=3, classifier_objective="guided_dsm", classifier_base=str(tmp_path / "base"),
+                        **ref), progress=False).losses
+    assert len(guided) == 3 and all(map(math.isfinite, guided))
     common = ["train", "--data", "ring8", "--steps", "3", "--batch", "16", "--width", "8", "--depth", "1",
               "--no-preview", "--device", str(DEVICE)]
     assert main([*common, "--widen", "4", "--out", str(tmp_path / "c1")]) != 0
