@@ -16,6 +16,7 @@ DSM never samples.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -103,7 +104,9 @@ def dsm_loss(
     (x_t - alpha x0_hat) / sigma, x0_hat the `reference_x0` estimate of E[x0 | x_t] over the batch's x0 and the
     reference: the same minimiser as DSM, less variance. `widen` > 1 (needs `reference`) draws a `widen_frac` share of
     the samples at t >= `widen_t_min` with noise c sigma, c log-uniform in [1, widen], weighted 1 / c²: their x_t lie
-    where p_t is small, and the reference target is the score there (see `reference_x0`).
+    where p_t is small, and the reference target is the score there (see `reference_x0`). Their targets carry a
+    bias of order 1 / (effective sample size) (own point left out), so with widening the minimiser is the score only
+    up to that bias, blended with the unbiased targets where both kinds of samples land.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
@@ -177,12 +180,21 @@ def _check_reference(x0: Tensor, reference: Tensor | None, widen: float, widen_f
     if reference.shape[1:] != x0.shape[1:]:
         raise ValueError(f"reference points must have shape (R, {', '.join(map(str, x0.shape[1:]))}), got "
                          f"{tuple(reference.shape)}")
+    if reference.device != x0.device:
+        raise ValueError(f"reference points are on {reference.device}, the batch on {x0.device}")
     if net_kwargs.get("labels") is not None:
         raise ValueError("a reference-batch target is for unconditional networks: it estimates the unconditional "
                          "score from unlabelled reference points")
     if labelled and (reference_labels is None or reference_labels.shape != reference.shape[:1]):
         got = None if reference_labels is None else tuple(reference_labels.shape)
         raise ValueError(f"a classifier's reference needs reference_labels of shape ({reference.shape[0]},), got {got}")
+    if labelled and reference_labels.is_floating_point():
+        raise ValueError(f"reference_labels must be integer class indices, got dtype {reference_labels.dtype}")
+
+
+def _no_autocast(x: Tensor):
+    """The reference estimates divide by sigma: keep them out of bf16 autocast."""
+    return torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") else nullcontext()
 
 
 def _reference_logits(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, reference: Tensor,
@@ -201,9 +213,10 @@ def _reference_logits(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, ref
     rows = torch.cat([xt * (a / s2), -a.square() / (2 * s2)], 1)  # (B, D + 1)
     logit = rows @ torch.cat([p64, p64.square().sum(1, keepdim=True)], 1).T  # (B, B + R)
     own = -((xt - a * p64[:b]).square().sum(1) - xt.square().sum(1)) / (2 * s2[:, 0])  # from the distance
-    idx = torch.arange(b, device=x0.device)
-    logit[idx, idx] = own if exclude_own is None else torch.where(exclude_own, torch.full_like(own, float("-inf")),
-                                                                   own)
+    kept = own
+    if exclude_own is not None:
+        kept = torch.where(exclude_own, torch.full_like(own, float("-inf")), own)
+    logit.diagonal()[:b].copy_(kept)
     return logit, own, pts
 
 
@@ -213,15 +226,16 @@ def reference_x0(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, referenc
 
     x0_hat_i = sum_j w_ij x_j over x0 and the reference, w_ij ∝ N(x_t_i; alpha_i x_j, sigma_i² I). Sample i's own
     x0_i is a draw from p(x0 | x_t_i) when x_t_i came from the process's kernel, and every other point an
-    independent draw from the data: then E[x0_hat_i | x_t_i] is exactly E[x0 | x_t_i] (conditional importance
+    independent draw from the data (fresh each step; the rest of the batch qualifies): then E[x0_hat_i | x_t_i] is exactly E[x0 | x_t_i] (conditional importance
     sampling), so (x_t - alpha x0_hat) / sigma is an unbiased eps target with less variance than eps itself (the
     stable target field of Xu et al. 2023, "Stable target field for reduced variance score estimation in diffusion
     models"). Samples whose x_t came from another kernel (widened noise) pass `exclude_own` (B,) True: their own x0
     is left out and the estimate is the self-normalised one over the other points, consistent as they grow, with a
     bias of order 1 / (effective sample size). Distances are taken in float64 (float32 on MPS).
     """
-    logit, _, pts = _reference_logits(x_t, alpha, sigma, x0, reference, exclude_own)
-    return (torch.softmax(logit, 1).to(pts.dtype) @ pts).reshape(x0.shape)
+    with _no_autocast(x0):
+        logit, _, pts = _reference_logits(x_t, alpha, sigma, x0, reference, exclude_own)
+        return (torch.softmax(logit, 1).to(pts.dtype) @ pts).reshape(x0.shape)
 
 
 def reference_posterior(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, labels: Tensor, reference: Tensor,
@@ -231,17 +245,19 @@ def reference_posterior(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, l
     by the same weights as `reference_x0` (the latter over the points of each sample's own label only). Both are
     exactly unbiased for samples drawn from the process's kernel (own point included), consistent for the others; a
     widened sample whose label has no other point among them falls back to its own point."""
-    logit, own, pts = _reference_logits(x_t, alpha, sigma, x0, reference, exclude_own)
-    all_labels = torch.cat([labels, reference_labels.to(labels.device)]).long()
-    w = torch.softmax(logit, 1)
-    p_hat = torch.zeros(w.shape[0], num_classes, dtype=w.dtype, device=w.device).index_add_(1, all_labels, w)
-    same = all_labels[None, :] == labels.long()[:, None]
-    masked = torch.where(same, logit, torch.full_like(logit, float("-inf")))
-    idx = torch.arange(x0.shape[0], device=x0.device)
-    none = ~torch.isfinite(masked).any(1)
-    masked[idx, idx] = torch.where(none, own, masked[idx, idx])
-    x0_hat = (torch.softmax(masked, 1).to(pts.dtype) @ pts).reshape(x0.shape)
-    return p_hat.to(x0.dtype), x0_hat
+    with _no_autocast(x0):
+        logit, own, pts = _reference_logits(x_t, alpha, sigma, x0, reference, exclude_own)
+        all_labels = torch.cat([labels, reference_labels.to(labels.device)]).long()
+        w = torch.softmax(logit, 1)
+        # a product with the one-hot labels, not index_add_ (nondeterministic on CUDA)
+        p_hat = w @ torch.nn.functional.one_hot(all_labels, num_classes).to(w.dtype)
+        same = all_labels[None, :] == labels.long()[:, None]
+        masked = torch.where(same, logit, torch.full_like(logit, float("-inf")))
+        none = ~torch.isfinite(masked).any(1)
+        diag = masked.diagonal()[:x0.shape[0]]
+        diag.copy_(torch.where(none, own, diag))
+        x0_hat = (torch.softmax(masked, 1).to(pts.dtype) @ pts).reshape(x0.shape)
+        return p_hat.to(torch.float32 if x0.dtype != torch.float64 else x0.dtype), x0_hat
 
 
 def classifier_loss(
@@ -271,7 +287,7 @@ def classifier_loss(
     if reference is None:
         return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
     p_hat, _ = reference_posterior(x_t, alpha, sigma, x0, labels, reference, reference_labels, logits.shape[-1], wide)
-    return -(p_hat.to(logits.dtype) * logits.log_softmax(-1)).sum(-1)
+    return -(p_hat * logits.to(p_hat.dtype).log_softmax(-1)).sum(-1)
 
 
 def _noisy_labelled(process: Process, x0: Tensor, labels: Tensor, t: Tensor | None, eps: Tensor | None,
@@ -342,7 +358,7 @@ def guided_dsm_classifier_loss(
     else:
         p_hat, x0_hat = reference_posterior(x_t, alpha, sigma, x0, labels, reference, reference_labels,
                                             logits.shape[-1], wide)
-        ce = -(p_hat.to(logits.dtype) * logits.log_softmax(-1)).sum(-1)
+        ce = -(p_hat * logits.to(p_hat.dtype).log_softmax(-1)).sum(-1)
         eps = (x_t.detach() - append_dims(alpha, x0.ndim) * x0_hat) / append_dims(sigma, x0.ndim)
     guided = append_dims(sigma, x0.ndim) * (s_base.to(grad.dtype) + grad) + eps
     dsm = guided.square().flatten(1).mean(1)

@@ -366,6 +366,9 @@ def _train(config, ctx: _Dist, device, out, resume, data, eval_fn, eval_every, p
     if conditional and not getattr(data, "num_classes", 0):
         what = "a classifier" if classify else "a class-conditional network"
         raise ValueError(f"{what} needs labelled data; {config.data!r} has no labels")
+    if config.widen > 1 and not config.widen_t_min < process.t_max:
+        raise ValueError(f"widen_t_min = {config.widen_t_min} leaves no time for widened noise: the process ends at "
+                         f"t = {process.t_max}")
     if config.reference_batch and conditional and not classify:
         raise ValueError("reference_batch is for unconditional score networks and noise-aware classifiers, not "
                          "class-conditional score networks")

@@ -350,3 +350,30 @@ def test_classifier_losses_with_a_reference_check_their_input_and_widen():
         classifier_loss(clf, process, x0, y, reference=ref)
     with pytest.raises(ValueError, match="widen = 2.0 needs a reference"):
         guided_dsm_classifier_loss(clf, lambda x, t: torch.zeros_like(x), process, x0, y, widen=2.0)
+
+
+def test_guided_dsm_with_a_reference_targets_the_class_conditional_score():
+    """Exact base score and exact classifier: their guided score is the exact class-conditional score, so the DSM
+    term against the reference target (close to it for a large reference) is far below the one against eps."""
+    process, target = VP(), toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(5)
+    n = 512
+    x0, y = target.sample(n, generator=g, dtype=torch.float64, return_labels=True)
+    ref, ref_y = target.sample(16384, generator=g, dtype=torch.float64, return_labels=True)
+    t = torch.full((n,), 0.3, dtype=torch.float64, device=DEVICE)
+    eps = torch.randn(x0.shape, generator=g, device=DEVICE, dtype=torch.float64)
+
+    def clf(x, sigma):
+        return target.class_log_prob(x, process, t)
+
+    x_t = process.perturb(x0, t, eps)
+    log_p = clf(x_t, None)
+    hard_ce = -log_p.gather(1, y[:, None])[:, 0]
+    p_hat, _ = reference_posterior(x_t, *process._alpha_sigma(t), x0, y, ref, ref_y, 8)
+    soft_ce = -(p_hat * log_p).sum(1)
+    base = target.score_fn(process)
+    plain = guided_dsm_classifier_loss(clf, base, process, x0, y, t=t, eps=eps) - hard_ce
+    with_ref = guided_dsm_classifier_loss(clf, base, process, x0, y, t=t, eps=eps, reference=ref,
+                                          reference_labels=ref_y) - soft_ce
+    with_ref, plain = float(with_ref.detach().mean()), float(plain.detach().mean())
+    assert with_ref < 0.05 * plain, (with_ref, plain)

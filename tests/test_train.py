@@ -435,6 +435,8 @@ def test_reference_batch_reaches_the_loss_resumes_exactly_and_checks_its_input(t
         _cfg(reference_batch=8, widen_frac=2).validate()
     with pytest.raises(ValueError, match="class-conditional"):
         train(_cfg(net={**SMALL, "num_classes": 8}, reference_batch=8, steps=1), progress=False)
+    with pytest.raises(ValueError, match="widen_t_min = 1.0 leaves no time"):
+        train(_cfg(reference_batch=8, widen=2.0, widen_t_min=1.0, steps=1), progress=False)
     # noise-aware classifiers take it too (soft labels from labelled reference points), both objectives
     clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": 8, "depth": 1}
     ce = train(_cfg(net=clf_net, steps=5, log_every=1, checkpoint_every=0), progress=False).losses
