@@ -39,7 +39,8 @@ def main() -> None:
     p.add_argument("--cond", default="runs/guidance/cond_6000_128_ft5000_b4096")
     p.add_argument("--uncond", default="runs/guidance/uncond_20000_256_ft5000_b4096_ref3000_r8192_w16")
     p.add_argument("--classifier",
-                   default="runs/guidance/clf_guided_dsm_6000_30000_128_on_uncond_20000_256_ft5000_b4096_ref3000_r8192_w16",
+                   default="runs/guidance/clf_guided_dsm_6000_30000_128_on_uncond_20000_256_ft5000_b4096_ref3000_r8192_w16"
+                           "_ref3000_r8192_w16",
                    help="a classifier run, or 'exact' (ring8's exact p_t(y | x): isolates the unconditional model)")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--ref-sets", type=int, default=3)
