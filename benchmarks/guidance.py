@@ -1,18 +1,21 @@
 """Issue 5 target: guidance on learned models of labelled ring8.
 
-    python benchmarks/guidance.py    # about an hour, one thread; models kept in (and reused from) runs/guidance
-    python benchmarks/guidance.py --uncond-steps 6000 --uncond-width 128 --ft-steps 0 --clf-objective ce \
-        --keep runs/guidance_small               # the small cross-entropy set-up of earlier sessions
+    python benchmarks/guidance.py    # about 1.5 hours, one thread; models kept in (and reused from) runs/guidance
+    python benchmarks/guidance.py --uncond-steps 6000 --uncond-width 128 --ft-steps 0 --ref-steps 0 \
+        --clf-objective ce --keep runs/guidance_small        # the small cross-entropy set-up of earlier sessions
 
-Trains with the library's trainer: a class-conditional score MLP with label dropout (classifier-free guidance; 6000
-steps, width 128) and an unconditional score MLP (20000 steps, width 256), both at batch 1024 and then fine-tuned 5000
-steps at batch 4096 (Adam 3e-4, EMA 0.999, `init` from the first run: the large-batch phase averages away gradient
-noise, which was the models' main error); the unconditional model then takes 3000 steps with a reference-batch target
-(`reference_batch` 8192, `widen` 16 at t >= 0.03, Adam 3e-4, EMA 0.999: it learns the score inside the ring, where
-p_t is small and plain DSM never samples, and where classifier-guided trajectories strayed); and a noise-aware MLP
-classifier (classifier guidance on the unconditional model): 6000 steps of cross-entropy, then by default 30000 steps fine-tuned with `classifier_objective="guided_dsm"`
-(cross-entropy plus DSM of the unconditional score plus the classifier's gradient, the unconditional model frozen;
-`init` from the cross-entropy run). Models go to (and are reused from) --keep. Then, for each guidance weight, samples
+Trains with the library's trainer:
+- a class-conditional score MLP with label dropout (classifier-free guidance; 6000 steps, width 128) and an
+  unconditional score MLP (20000 steps, width 256), both at batch 1024, then fine-tuned 5000 steps at batch 4096 (Adam
+  3e-4, EMA 0.999, `init` from the first run);
+- the unconditional model then 3000 steps with a reference-batch target (`reference_batch` 8192, `widen` 16 at
+  t >= 0.03, Adam 3e-4, EMA 0.999): it learns the score between the modes, where p_t is small and plain DSM never
+  samples, and where classifier-guided trajectories strayed;
+- a noise-aware MLP classifier (classifier guidance on the unconditional model): 6000 steps of cross-entropy, then
+  30000 steps of `classifier_objective="guided_dsm"` (cross-entropy plus DSM of the unconditional score plus the
+  classifier's gradient, the unconditional model frozen; `init` from the cross-entropy run), then 3000 steps of the
+  same with the reference target and widened noise (`--clf-ref-steps`; Adam 3e-4, EMA 0.999, no clipping).
+Models go to (and are reused from) --keep. Then, for each guidance weight, samples
 every label (n per label) and reports the share of samples whose exact nearest class (argmax of the exact p(y | x)) is
 the requested one; at weight 1 it reports sliced W2 to the exact conditional of one label (n = 20000) in units of its
 noise floor (mean over 5 independent exact sets), with dpm_solver_pp at NFE 50 and euler_maruyama at NFE 200. Writes
