@@ -377,3 +377,21 @@ def test_guided_dsm_with_a_reference_targets_the_class_conditional_score():
                                           reference_labels=ref_y) - soft_ce
     with_ref, plain = float(with_ref.detach().mean()), float(plain.detach().mean())
     assert with_ref < 0.05 * plain, (with_ref, plain)
+
+
+def test_reference_estimates_are_untouched_by_bf16_autocast():
+    """The estimates divide by sigma: under the trainer's bf16 autocast (amp) they must come out as without it."""
+    if DEVICE.type not in ("cpu", "cuda"):
+        pytest.skip("autocast is for CPU and CUDA")
+    process, target = VP(), toy_data.ring8()
+    g = torch.Generator(DEVICE).manual_seed(6)
+    x0, y = target.sample(128, generator=g, return_labels=True)
+    ref, ref_y = target.sample(512, generator=g, return_labels=True)
+    t = torch.full((128,), 0.002, device=DEVICE)
+    a, s = process._alpha_sigma(t)
+    xt = process.perturb(x0, t, torch.randn(x0.shape, generator=g, device=DEVICE))
+    plain = (reference_x0(xt, a, s, x0, ref), *reference_posterior(xt, a, s, x0, y, ref, ref_y, 8))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        amp = (reference_x0(xt, a, s, x0, ref), *reference_posterior(xt, a, s, x0, y, ref, ref_y, 8))
+    for p_, q in zip(plain, amp):
+        assert q.dtype == p_.dtype == torch.float32 and torch.equal(p_, q)
