@@ -117,11 +117,17 @@ def main() -> None:
                                    keep / f"cond_{args.cond_steps}_{args.cond_width}", label_dropout=0.15)
     uncond, s_uncond, uncond_run = fit_and_tune({"width": args.uncond_width}, args.uncond_steps,
                                                 keep / f"uncond_{args.uncond_steps}_{args.uncond_width}")
-    if args.ref_steps:  # the reference-target phase: batch 1024, Adam 3e-4 (cosine to 5 %), EMA 0.999, no warm-up
-        ref_run = uncond_run.with_name(f"{uncond_run.name}_ref{args.ref_steps}_r{args.ref_batch}_w{args.widen:g}")
-        uncond, s_ref = fit({"width": args.uncond_width}, args.ref_steps, ref_run, lr=3e-4, ema=0.999, warmup=0,
-                            init=str(uncond_run), reference_batch=args.ref_batch, widen=args.widen,
-                            widen_t_min=args.widen_t_min)
+    # the reference-target phases (unconditional model, then classifier): Adam 3e-4 (cosine to 5 %), EMA 0.999, no
+    # warm-up, batch 1024, from the previous run's EMA weights
+    ref_phase = dict(lr=3e-4, ema=0.999, warmup=0, reference_batch=args.ref_batch, widen=args.widen,
+                     widen_t_min=args.widen_t_min)
+
+    def ref_name(run: Path, steps: int) -> Path:
+        return run.with_name(f"{run.name}_ref{steps}_r{args.ref_batch}_w{args.widen:g}")
+
+    if args.ref_steps:
+        ref_run = ref_name(uncond_run, args.ref_steps)
+        uncond, s_ref = fit({"width": args.uncond_width}, args.ref_steps, ref_run, init=str(uncond_run), **ref_phase)
         uncond_run, s_uncond = ref_run, s_uncond + s_ref
     clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": args.clf_width}
     s_clf = 0.0
@@ -138,13 +144,9 @@ def main() -> None:
                            classifier_base=str(uncond_run), dsm_weight=args.dsm_weight, **tune)
         s_clf += s_tuned
         if args.clf_ref_steps:  # soft labels and conditional-mean DSM targets from the reference, widened noise
-            clf, s_tuned = fit(clf_net, args.clf_ref_steps,
-                               clf_run.with_name(f"{clf_run.name}_ref{args.clf_ref_steps}_r{args.ref_batch}"
-                                                 f"_w{args.widen:g}"),
-                               lr=3e-4, ema=0.999, warmup=0, clip=None, init=str(clf_run),
-                               classifier_objective=args.clf_objective, classifier_base=str(uncond_run),
-                               dsm_weight=args.dsm_weight, reference_batch=args.ref_batch, widen=args.widen,
-                               widen_t_min=args.widen_t_min)
+            clf, s_tuned = fit(clf_net, args.clf_ref_steps, ref_name(clf_run, args.clf_ref_steps), clip=None,
+                               init=str(clf_run), classifier_objective=args.clf_objective,
+                               classifier_base=str(uncond_run), dsm_weight=args.dsm_weight, **ref_phase)
             s_clf += s_tuned
     process = cond.process
     print(f"trained: conditional {s_cond:.1f} s, unconditional {s_uncond:.1f} s, classifier {s_clf:.1f} s "

@@ -539,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="guided_dsm: run directory of the unconditional score model to guide")
     p.add_argument("--dsm-weight", type=float, default=1.0, help="guided_dsm: weight of the DSM term (default 1)")
     p.add_argument("--reference-batch", type=int, default=0, help="> 0: regress on a reference-batch estimate of "
-                   "the score (the batch plus this many data points; unconditional nets; classifiers: soft labels) instead of "
-                   "-eps / sigma")
+                   "the score (the batch plus this many data points; unconditional nets; classifiers: soft labels) "
+                   "instead of -eps / sigma")
     p.add_argument("--widen", type=float, default=1.0, help="> 1 (with --reference-batch): draw part of the batch "
                    "with noise c sigma, c log-uniform in [1, widen], to train the score between modes")
     p.add_argument("--widen-frac", type=float, default=0.5, help="the share of the batch with widened noise")

@@ -26,8 +26,8 @@ from ._utils import append_dims
 from .processes import DiscreteVP, Process
 from .score import to_eps
 
-__all__ = ["WEIGHTINGS", "CLASSIFIER_OBJECTIVES", "sample_t", "dsm_loss", "reference_x0", "reference_posterior", "ImportanceSampler", "classifier_loss",
-           "guided_dsm_classifier_loss"]
+__all__ = ["WEIGHTINGS", "CLASSIFIER_OBJECTIVES", "sample_t", "dsm_loss", "reference_x0", "reference_posterior",
+           "ImportanceSampler", "classifier_loss", "guided_dsm_classifier_loss"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "min_snr", "none")
 CLASSIFIER_OBJECTIVES = ("ce", "guided_dsm")
@@ -130,15 +130,12 @@ def dsm_loss(
         process.check_t(t)
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    alpha, sigma = process._alpha_sigma(t)  # t is in range by construction or checked above
-    wide, c = _widen_noise(t, widen, widen_frac, widen_t_min, generator)
-    noise = sigma if c is None else sigma * c
-    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(noise, x0.ndim), eps)
+    # t is in range by construction or checked above
+    alpha, sigma, x_t, wide, c = _perturb(process, x0, t, eps, generator, widen, widen_frac, widen_t_min)
     out = net(x_t, sigma, **net_kwargs)
     eps_hat = out if output == "eps" else to_eps(output, out, x_t, alpha, sigma)
     if reference is not None:
-        x0_hat = reference_x0(x_t, alpha, sigma, x0, reference, exclude_own=wide)
-        eps = (x_t - append_dims(alpha, x0.ndim) * x0_hat) / append_dims(sigma, x0.ndim)
+        eps = to_eps("x0", reference_x0(x_t, alpha, sigma, x0, reference, exclude_own=wide), x_t, alpha, sigma)
     err = torch.nn.functional.mse_loss(eps_hat, eps, reduction="none").flatten(1)
     loss = err.mean(1) if reduce == "mean" else err.sum(1)
     if c is not None:
@@ -155,15 +152,22 @@ def dsm_loss(
     return loss
 
 
-def _widen_noise(t: Tensor, widen: float, widen_frac: float, widen_t_min: float,
-                 generator: torch.Generator | None) -> tuple[Tensor | None, Tensor | None]:
-    """(wide, c): which samples get widened noise (a widen_frac share of those at t >= widen_t_min) and the noise
-    multiplier c of every sample (log-uniform on [1, widen] where wide, else 1); (None, None) when widen is 1."""
-    if widen <= 1:
-        return None, None
-    wide = (torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype) < widen_frac) & (t >= widen_t_min)
-    u = torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
-    return wide, torch.where(wide, torch.exp(u * math.log(widen)), torch.ones_like(u))
+def _perturb(process: Process, x0: Tensor, t: Tensor, eps: Tensor, generator: torch.Generator | None, widen: float,
+             widen_frac: float, widen_t_min: float) -> tuple[Tensor, ...]:
+    """(alpha, sigma, x_t, wide, c): x_t = alpha x0 + c sigma eps, where a widen_frac share of the samples at
+    t >= widen_t_min (`wide`) has c log-uniform on [1, widen] and the others c = 1; wide and c are None when widen
+    is 1 (then nothing is drawn)."""
+    alpha, sigma = process._alpha_sigma(t)
+    wide = c = None
+    noise = sigma
+    if widen > 1:
+        wide = (torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype) < widen_frac) \
+            & (t >= widen_t_min)
+        u = torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+        c = torch.where(wide, torch.exp(u * math.log(widen)), torch.ones_like(u))
+        noise = sigma * c
+    x_t = torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(noise, x0.ndim), eps)
+    return alpha, sigma, x_t, wide, c
 
 
 def _check_reference(x0: Tensor, reference: Tensor | None, widen: float, widen_frac: float, net_kwargs: dict,
@@ -187,7 +191,8 @@ def _check_reference(x0: Tensor, reference: Tensor | None, widen: float, widen_f
                          "score from unlabelled reference points")
     if labelled and (reference_labels is None or reference_labels.shape != reference.shape[:1]):
         got = None if reference_labels is None else tuple(reference_labels.shape)
-        raise ValueError(f"a classifier's reference needs reference_labels of shape ({reference.shape[0]},), got {got}")
+        raise ValueError(f"a classifier's reference needs reference_labels of shape ({reference.shape[0]},), "
+                         f"got {got}")
     if labelled and reference_labels.is_floating_point():
         raise ValueError(f"reference_labels must be integer class indices, got dtype {reference_labels.dtype}")
 
@@ -226,12 +231,13 @@ def reference_x0(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, referenc
 
     x0_hat_i = sum_j w_ij x_j over x0 and the reference, w_ij ∝ N(x_t_i; alpha_i x_j, sigma_i² I). Sample i's own
     x0_i is a draw from p(x0 | x_t_i) when x_t_i came from the process's kernel, and every other point an
-    independent draw from the data (fresh each step; the rest of the batch qualifies): then E[x0_hat_i | x_t_i] is exactly E[x0 | x_t_i] (conditional importance
-    sampling), so (x_t - alpha x0_hat) / sigma is an unbiased eps target with less variance than eps itself (the
-    stable target field of Xu et al. 2023, "Stable target field for reduced variance score estimation in diffusion
-    models"). Samples whose x_t came from another kernel (widened noise) pass `exclude_own` (B,) True: their own x0
-    is left out and the estimate is the self-normalised one over the other points, consistent as they grow, with a
-    bias of order 1 / (effective sample size). Distances are taken in float64 (float32 on MPS).
+    independent draw from the data (fresh each step; the rest of the batch qualifies): then E[x0_hat_i | x_t_i] is
+    exactly E[x0 | x_t_i] (conditional importance sampling), so (x_t - alpha x0_hat) / sigma is an unbiased eps
+    target with less variance than eps itself (the stable target field of Xu et al. 2023, "Stable target field for
+    reduced variance score estimation in diffusion models"). Samples whose x_t came from another kernel (widened
+    noise) pass `exclude_own` (B,) True: their own x0 is left out and the estimate is the self-normalised one over
+    the other points, consistent as they grow, with a bias of order 1 / (effective sample size). Distances are taken
+    in float64 (float32 on MPS).
     """
     with _no_autocast(x0):
         logit, _, pts = _reference_logits(x_t, alpha, sigma, x0, reference, exclude_own)
@@ -257,7 +263,7 @@ def reference_posterior(x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, l
         diag = masked.diagonal()[:x0.shape[0]]
         diag.copy_(torch.where(none, own, diag))
         x0_hat = (torch.softmax(masked, 1).to(pts.dtype) @ pts).reshape(x0.shape)
-        return p_hat.to(torch.float32 if x0.dtype != torch.float64 else x0.dtype), x0_hat
+        return p_hat.to(torch.promote_types(x0.dtype, torch.float32)), x0_hat
 
 
 def classifier_loss(
@@ -287,7 +293,7 @@ def classifier_loss(
     if reference is None:
         return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
     p_hat, _ = reference_posterior(x_t, alpha, sigma, x0, labels, reference, reference_labels, logits.shape[-1], wide)
-    return -(p_hat * logits.to(p_hat.dtype).log_softmax(-1)).sum(-1)
+    return torch.nn.functional.cross_entropy(logits.to(p_hat.dtype), p_hat, reduction="none")
 
 
 def _noisy_labelled(process: Process, x0: Tensor, labels: Tensor, t: Tensor | None, eps: Tensor | None,
@@ -304,11 +310,7 @@ def _noisy_labelled(process: Process, x0: Tensor, labels: Tensor, t: Tensor | No
         process.check_t(t)
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    alpha, sigma = process._alpha_sigma(t)
-    wide, c = _widen_noise(t, widen, widen_frac, widen_t_min, generator)
-    noise = sigma if c is None else sigma * c
-    return t, eps, alpha, sigma, torch.addcmul(append_dims(alpha, x0.ndim) * x0, append_dims(noise, x0.ndim), eps), \
-        wide, c
+    return (t, eps, *_perturb(process, x0, t, eps, generator, widen, widen_frac, widen_t_min))
 
 
 def guided_dsm_classifier_loss(
@@ -358,8 +360,8 @@ def guided_dsm_classifier_loss(
     else:
         p_hat, x0_hat = reference_posterior(x_t, alpha, sigma, x0, labels, reference, reference_labels,
                                             logits.shape[-1], wide)
-        ce = -(p_hat * logits.to(p_hat.dtype).log_softmax(-1)).sum(-1)
-        eps = (x_t.detach() - append_dims(alpha, x0.ndim) * x0_hat) / append_dims(sigma, x0.ndim)
+        ce = torch.nn.functional.cross_entropy(logits.to(p_hat.dtype), p_hat, reduction="none")
+        eps = to_eps("x0", x0_hat, x_t.detach(), alpha, sigma)
     guided = append_dims(sigma, x0.ndim) * (s_base.to(grad.dtype) + grad) + eps
     dsm = guided.square().flatten(1).mean(1)
     return ce + dsm_weight * (dsm if c is None else dsm / c.square())

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import toy_data
 from scoresde import VE, VP, DiscreteVP, SubVP
-from scoresde.losses import (ImportanceSampler, classifier_loss, dsm_loss, guided_dsm_classifier_loss, reference_posterior,
-                             reference_x0, sample_t)
+from scoresde.losses import (ImportanceSampler, classifier_loss, dsm_loss, guided_dsm_classifier_loss,
+                             reference_posterior, reference_x0, sample_t)
 from scoresde.score import convert
 
 from .conftest import DEVICE
