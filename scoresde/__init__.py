@@ -1,27 +1,10 @@
 """scoresde: score-based generative modelling with one process, one score and one sampler interface."""
 
-from .processes import VE, VP, DiscreteVP, Process, SubVP
-from .score import (
-    PREDICTIONS,
-    ScoreFn,
-    convert,
-    count_evals,
-    eps_from_score,
-    from_eps,
-    prediction_from_score,
-    score_from_eps,
-    score_from_prediction,
-    score_from_v,
-    score_from_x0,
-    to_eps,
-    tweedie,
-    v_from_score,
-    x0_from_score,
-)
-
 from . import guidance, likelihood, losses, metrics, nets, samplers, schedules
+from .processes import VE, VP, DiscreteVP, Process, SubVP
 from .samplers import (
     ancestral,
+    ancestral_analytic,
     annealed_langevin,
     ddim,
     dpm_solver_pp,
@@ -33,46 +16,43 @@ from .samplers import (
     probability_flow,
     unipc,
 )
+from .score import CountEvals, ScoreFn, convert, predict, score_from, tweedie
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # processes
     "Process",
     "VE",
     "VP",
     "SubVP",
     "DiscreteVP",
+    # scores
     "ScoreFn",
-    "PREDICTIONS",
+    "CountEvals",
+    "score_from",
+    "predict",
     "convert",
-    "count_evals",
-    "eps_from_score",
-    "from_eps",
-    "prediction_from_score",
-    "score_from_eps",
-    "score_from_prediction",
-    "score_from_v",
-    "score_from_x0",
-    "to_eps",
     "tweedie",
-    "v_from_score",
-    "x0_from_score",
+    # samplers
+    "ancestral",
+    "ancestral_analytic",
+    "euler_maruyama",
+    "predictor_corrector",
+    "annealed_langevin",
+    "langevin",
+    "probability_flow",
+    "ddim",
+    "dpm_solver_pp",
+    "unipc",
+    "heun",
+    "euler",
+    # modules
+    "schedules",
+    "samplers",
     "guidance",
     "likelihood",
     "losses",
     "metrics",
     "nets",
-    "samplers",
-    "schedules",
-    "ancestral",
-    "annealed_langevin",
-    "ddim",
-    "dpm_solver_pp",
-    "euler",
-    "euler_maruyama",
-    "heun",
-    "langevin",
-    "predictor_corrector",
-    "probability_flow",
-    "unipc",
 ]

@@ -1,8 +1,10 @@
-"""Small shared helpers: broadcasting over batch shapes and input checks."""
+"""Small shared helpers: broadcasting over batch shapes, input checks and progress bars."""
 
 from __future__ import annotations
 
 import math
+import sys
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -45,3 +47,14 @@ def check_finite(value: Tensor, what: str) -> None:
 def check_positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def progress_range(n: int, progress: bool | None, desc: str) -> Iterable[int]:
+    """range(n), with a progress bar when asked for or when stderr is a terminal."""
+    if progress is None:
+        progress = sys.stderr.isatty() and n >= 50
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, leave=False)

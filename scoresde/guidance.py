@@ -1,7 +1,7 @@
 """Guidance as score composition: each function takes ScoreFns and returns a ScoreFn, so a sampler never sees it.
 
 Guidance acts on scores, so it works whatever a network predicts: wrap an eps-, x0- or v-network with
-`score_from_eps` / `score_from_x0` / `score_from_v` first. Scores are linear in eps (eps = -sigma score), so a
+`score.score_from` first. Scores are linear in eps (eps = -sigma score), so a
 combination here is the same combination of eps-predictions; for x0 and v it is the same only when the weights
 sum to one (as in `classifier_free` and `interval`).
 

@@ -18,15 +18,14 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from ._utils import check_finite, check_positive
+from ._utils import check_finite
 from .processes import Process
-from .schedules import _ends
-from .score import ScoreFn, count_evals
+from .samplers._common import ADAPTIVE_METHODS, FIXED_METHODS, check_ode_method, odeint, pf_drift
+from .schedules import time_range
+from .score import CountEvals, ScoreFn
 
 __all__ = ["LikelihoodResult", "log_likelihood", "divergence", "bits_per_dim", "dequantize"]
 
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}  # score evaluations per step
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 
@@ -97,13 +96,30 @@ def _check_args(x, divergence, n_probes, probe, rtol, atol, method, steps) -> No
     if method in FIXED_METHODS:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"the fixed-step method {method!r} needs steps, an integer >= 1; got steps={steps!r}")
-    elif method in ADAPTIVE_METHODS:
-        if steps is not None:
-            raise ValueError(f"steps={steps!r} applies to fixed-step methods {tuple(FIXED_METHODS)}, not {method!r}")
-        check_positive("rtol", rtol)
-        check_positive("atol", atol)
-    else:
-        raise ValueError(f"unknown ODE method {method!r}; expected one of {ADAPTIVE_METHODS + tuple(FIXED_METHODS)}")
+    elif method in ADAPTIVE_METHODS and steps is not None:
+        raise ValueError(f"steps={steps!r} applies to fixed-step methods {tuple(FIXED_METHODS)}, not {method!r}")
+    check_ode_method(method, rtol, atol, x.dtype)
+
+
+def _probes(y0: Tensor, reps: int, probe: str, generator: torch.Generator | None) -> Tensor:
+    """Hutchinson probes, `reps` consecutive rows per sample. A sample's Rademacher probes are distinct (drawn without
+    replacement; with more probes than the 2^D sign patterns, distinct within each block of 2^D): equal probes shrink
+    the standard error, to exactly 0 when all coincide, while the estimate keeps its error."""
+    if probe == "gaussian":
+        return torch.randn(y0.shape, generator=generator, device=y0.device, dtype=y0.dtype)
+    d = y0[0].numel()
+    bits = torch.randint(0, 2, y0.shape, generator=generator, device=y0.device)
+    if reps > 1:  # redraw each probe equal to an earlier one of its block (setup before the solve, not a hot loop)
+        flat = bits.reshape(-1, reps, d)
+        block = torch.arange(reps, device=y0.device) // (reps if d >= 62 else min(reps, 2**d))
+        earlier = torch.ones(reps, reps, dtype=torch.bool, device=y0.device).tril(-1) & (block[:, None] == block)
+        while True:
+            same = ((flat[:, :, None, :] == flat[:, None, :, :]).all(-1) & earlier).any(-1)  # (B, reps)
+            if not bool(same.any()):
+                break
+            flat[same] = torch.randint(0, 2, (int(same.sum()), d), generator=generator, device=y0.device)
+        bits = flat.reshape(y0.shape)
+    return bits.to(y0.dtype).mul_(2).sub_(1)
 
 
 def log_likelihood(
@@ -135,42 +151,29 @@ def log_likelihood(
     t_min, t_max: the integration range (default the process's); log_p is the density of x_{t_min}, and
         x(t_max) is scored under the process prior N(0, prior_std² I).
     """
-    import torchdiffeq
-
     _check_args(x, divergence, n_probes, probe, rtol, atol, method, steps)
-    lo, hi = _ends(process, t_min, t_max)
+    lo, hi = time_range(process, t_min, t_max)
     check_finite(x, "x")
     b, d = x.shape[0], x[0].numel()
     reps = n_probes if divergence == "hutchinson" else 1
     y0 = x.repeat_interleave(reps, dim=0) if reps > 1 else x
-    eps = None
-    if divergence == "hutchinson":
-        if probe == "rademacher":
-            eps = torch.randint(0, 2, y0.shape, generator=generator, device=x.device).to(x.dtype).mul_(2).sub_(1)
-        else:
-            eps = torch.randn(y0.shape, generator=generator, device=x.device, dtype=x.dtype)
-    counted = count_evals(score)
+    eps = _probes(y0, reps, probe, generator) if divergence == "hutchinson" else None
+    counted = CountEvals(score)
     n = y0.shape[0]
 
     def ode(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        # Everything stays on the device (no host synchronisation); adaptive solvers may evaluate just past
-        # t_max, where the drift is taken at t_max.
-        t = t.clamp(lo, hi)
+        # everything stays on the device (no host synchronisation)
         tb = t.expand(n)
         s, div_s = _divergence(lambda y: counted(y, tb), state[0], eps)
-        f, g2 = process._f(t), process._g2(t)
-        return f * state[0] - (0.5 * g2) * s, f * d - (0.5 * g2) * div_s
+        return pf_drift(process, t, state[0], s), process.f(t) * d - (0.5 * process.g2(t)) * div_s  # div of the drift
 
     if method in FIXED_METHODS:
         tt = torch.linspace(lo, hi, steps + 1, dtype=torch.float64)
-        opts: dict = dict(method=method)
     else:
         tt = torch.tensor([lo, hi], dtype=torch.float64)
-        # an explicit first step: torchdiffeq's own guess may probe far outside [t_min, t_max]
-        opts = dict(method=method, rtol=rtol, atol=atol, options=dict(first_step=(hi - lo) * 1e-3))
     state0 = (y0.detach(), y0.new_zeros(n))
     with torch.no_grad():
-        xs, deltas = torchdiffeq.odeint(ode, state0, tt.to(device=x.device, dtype=x.dtype), **opts)
+        xs, deltas = odeint(ode, state0, tt, method=method, rtol=rtol, atol=atol)
         prior = process.prior_logp(xs[-1]).reshape(b, reps)
         delta = deltas[-1].reshape(b, reps)
     log_p = prior + delta

@@ -349,8 +349,4 @@ def noise_floor(
     return metric(a, b, **kw)
 
 
-METRICS: dict[str, Callable[..., Tensor]] = {
-    "sliced_w2": sliced_wasserstein,
-    "mmd": mmd,
-    "energy": energy_distance,
-}
+METRICS: dict[str, Callable[..., Tensor]] = {f.__name__: f for f in (sliced_wasserstein, mmd, energy_distance)}

@@ -1,4 +1,4 @@
-"""Matplotlib figures (Agg backend, PNG): targets and score fields, sample grids, quality-versus-NFE."""
+"""Matplotlib figures (Agg backend, PNG): targets and score fields, sample grids, quality-versus-NFE, samples."""
 
 from __future__ import annotations
 
@@ -169,3 +169,26 @@ def plot_image_grid(x: torch.Tensor, out: str | Path, title: str = "", nrow: int
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, out)
+
+
+MAX_GRID = 400  # images drawn by save_samples (all of them go to its .pt and .npy files)
+
+
+def save_samples(x: torch.Tensor, out: str | Path, reference: torch.Tensor | None = None, title: str = "",
+                 nrow: int | None = None, arrays: bool = True) -> list[Path]:
+    """A PNG (scatter of points beside the reference, or a grid of the first MAX_GRID images) and, if arrays,
+    the samples as .pt and .npy next to it; returns the files written."""
+    import numpy as np
+
+    x = x.detach().cpu()
+    png = Path(out).with_suffix(".png")
+    if x.ndim == 2:
+        plot_points(x, png, reference=reference, title=title)
+    else:
+        more = f" (first {MAX_GRID} of {len(x)})" if len(x) > MAX_GRID else ""
+        plot_image_grid(x[:MAX_GRID], png, title=title + more, nrow=nrow)
+    if not arrays:
+        return [png]
+    torch.save(x, png.with_suffix(".pt"))
+    np.save(png.with_suffix(".npy"), x.numpy())
+    return [png, png.with_suffix(".pt"), png.with_suffix(".npy")]

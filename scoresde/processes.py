@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ._utils import append_dims, as_time, check_positive
 
-__all__ = ["Process", "VE", "VP", "SubVP", "DiscreteVP"]
+__all__ = ["Process", "VE", "VP", "SubVP", "DiscreteVP", "from_config", "PROCESSES"]
 
 
 class Process:
@@ -31,6 +31,7 @@ class Process:
 
     t_min: float
     t_max: float
+    discrete: bool = False  # True: train_times draws integer steps (DiscreteVP), not continuous times
 
     # -- to implement: closed forms on tensors, no checks -----------------------------------------------------
     def _alpha(self, t: Tensor) -> Tensor:
@@ -99,6 +100,25 @@ class Process:
     def t_from_log_snr(self, log_snr: Tensor | float) -> Tensor:
         """Inverse of log_snr."""
         return self._t_from_log_snr(as_time(log_snr))
+
+    def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """(alpha(t), sigma(t)) in one call; processes share work between the two (the training loss's hot path)."""
+        return self._alpha_sigma(self.check_t(t))
+
+    def train_times(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """n training times: uniform on [t_min, t_max] (DiscreteVP: uniform over its integer steps)."""
+        return torch.empty(n, device=device, dtype=dtype).uniform_(self.t_min, self.t_max, generator=generator)
+
+    def config(self) -> dict:
+        """A JSON-able description; from_config(process.config()) rebuilds the process."""
+        raise NotImplementedError(f"{type(self).__name__} has no config(); define one to save it in checkpoints")
 
     def f(self, t: Tensor | float) -> Tensor:
         """Drift coefficient f(t) = d log alpha / dt."""
@@ -183,6 +203,9 @@ class VE(Process):
     def __repr__(self) -> str:
         return f"VE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
 
+    def config(self) -> dict:
+        return {"name": "ve", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
     def _alpha(self, t):
         return 1.0 + 0.0 * t  # stays differentiable in t
 
@@ -221,6 +244,10 @@ class _LinearBeta(Process):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max}, t_min={self.t_min})"
+
+    def config(self) -> dict:
+        return {"name": type(self).__name__.lower(), "beta_min": self.beta_min, "beta_max": self.beta_max,
+                "t_min": self.t_min}
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -299,6 +326,8 @@ class DiscreteVP(Process):
     DiscreteVP.linear(1000) matches VP(0.1, 20) up to O(1/N).
     """
 
+    discrete = True
+
     def __init__(self, betas: Tensor | Sequence[float]):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
         if betas.numel() < 1:
@@ -308,39 +337,52 @@ class DiscreteVP(Process):
             i = int(bad.nonzero()[0])
             raise ValueError(f"betas must lie in (0, 1); beta[{i}] = {betas[i].item()!r}")
         self.betas = betas
-        self.num_steps = betas.numel()
+        self.N = betas.numel()
         self.log_alphas_cumprod = torch.cat([betas.new_zeros(1), torch.cumsum(torch.log1p(-betas), 0)])
         self.alphas_cumprod = self.log_alphas_cumprod[1:].exp()
-        self.t_min, self.t_max = 1.0 / self.num_steps, 1.0
+        self.t_min, self.t_max = 1.0 / self.N, 1.0
         self._tables: dict = {}
+        self._config: dict = {"name": "ddpm", "schedule": "custom", "betas": betas.tolist()}
 
     @classmethod
-    def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteVP":
+    def linear(cls, N: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteVP":
         """DDPM's linear schedule (Ho et al. 2020); for N != 1000 the betas scale by 1000/N."""
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps!r}")
-        scale = 1000.0 / num_steps
-        return cls(torch.linspace(beta_start * scale, beta_end * scale, num_steps, dtype=torch.float64))
+        if N < 1:
+            raise ValueError(f"N must be >= 1, got {N!r}")
+        scale = 1000.0 / N
+        process = cls(torch.linspace(beta_start * scale, beta_end * scale, N, dtype=torch.float64))
+        process._config = {"name": "ddpm", "schedule": "linear", "N": N, "beta_start": beta_start, "beta_end": beta_end}
+        return process
 
     @classmethod
-    def cosine(cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "DiscreteVP":
+    def cosine(cls, N: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "DiscreteVP":
         """The cosine schedule of Nichol & Dhariwal (2021), betas clipped at max_beta."""
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps!r}")
-        t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        if N < 1:
+            raise ValueError(f"N must be >= 1, got {N!r}")
+        t = torch.arange(N + 1, dtype=torch.float64) / N
         ab = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-        return cls((1 - ab[1:] / ab[:-1]).clamp(max=max_beta))
+        process = cls((1 - ab[1:] / ab[:-1]).clamp(max=max_beta))
+        process._config = {"name": "ddpm", "schedule": "cosine", "N": N, "s": s, "max_beta": max_beta}
+        return process
 
     def __repr__(self) -> str:
-        return f"DiscreteVP(num_steps={self.num_steps})"
+        return f"DiscreteVP(N={self.N})"
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def train_times(self, n, *, generator=None, device=None, dtype=torch.float32):
+        """n training times t_i = i / N, i uniform over the integer steps 1..N."""
+        i = torch.randint(1, self.N + 1, (n,), generator=generator, device=device)
+        return i.to(dtype) / self.N
 
     def step_to_t(self, i: Tensor | int) -> Tensor:
         """Time t_i = i / N of integer step i."""
-        return torch.as_tensor(i, dtype=torch.float64) / self.num_steps
+        return torch.as_tensor(i, dtype=torch.float64) / self.N
 
     def t_to_step(self, t: Tensor) -> Tensor:
         """Nearest integer step of time t."""
-        return torch.round(as_time(t) * self.num_steps).long()
+        return torch.round(as_time(t) * self.N).long()
 
     def _table(self, like: Tensor) -> Tensor:
         key = (like.device, like.dtype)
@@ -350,8 +392,8 @@ class DiscreteVP(Process):
 
     def _log_alpha_bar(self, t: Tensor) -> Tensor:
         table = self._table(t)
-        u = t * self.num_steps
-        i = u.detach().floor().clamp(0, self.num_steps - 1).long()
+        u = t * self.N
+        i = u.detach().floor().clamp(0, self.N - 1).long()
         lo, hi = table[i], table[i + 1]
         return lo + (u - i) * (hi - lo)
 
@@ -368,8 +410,8 @@ class DiscreteVP(Process):
     def _slope(self, t: Tensor) -> Tensor:
         # d log alpha_bar / dt on the interval (t_{i-1}, t_i] holding t
         table = self._table(t)
-        i = torch.ceil(t * self.num_steps - 1e-9).clamp(1, self.num_steps).long()
-        return (table[i] - table[i - 1]) * self.num_steps
+        i = torch.ceil(t * self.N - 1e-9).clamp(1, self.N).long()
+        return (table[i] - table[i - 1]) * self.N
 
     def _f(self, t):
         return 0.5 * self._slope(t)
@@ -381,10 +423,41 @@ class DiscreteVP(Process):
         table = self._table(log_snr)
         lab = torch.nn.functional.logsigmoid(log_snr)  # log alpha_bar = log sigmoid(log_snr)
         neg = -table  # increasing in i
-        j = torch.searchsorted(neg, (-lab).contiguous()).clamp(1, self.num_steps)
+        j = torch.searchsorted(neg, (-lab).contiguous()).clamp(1, self.N)
         lo, hi = table[j - 1], table[j]
-        return ((j - 1) + (lab - lo) / (hi - lo)) / self.num_steps
+        return ((j - 1) + (lab - lo) / (hi - lo)) / self.N
 
     @property
     def prior_std(self) -> float:
         return 1.0
+
+
+PROCESSES = ("vp", "ve", "subvp", "ddpm", "ddpm-cosine")
+
+
+def from_config(config: dict | str) -> Process:
+    """Rebuild a process from Process.config(); a name alone takes the defaults ("ddpm-cosine": the cosine DDPM).
+
+    Names: vp, ve, subvp, ddpm (linear betas; schedule "cosine" or "custom" with betas), ddpm-cosine.
+    """
+    if isinstance(config, str):
+        config = {"name": "ddpm", "schedule": "cosine"} if config == "ddpm-cosine" else {"name": config}
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"a process config is a dict with a 'name', got {config!r}")
+    kw = {k: v for k, v in config.items() if k != "name"}
+    name = config["name"]
+    try:
+        if name == "ve":
+            return VE(**kw)
+        if name in ("vp", "subvp"):
+            return (VP if name == "vp" else SubVP)(**kw)
+        if name == "ddpm":
+            schedule = kw.pop("schedule", "linear")
+            if schedule == "custom":
+                return DiscreteVP(**kw)
+            if schedule not in ("linear", "cosine"):
+                raise ValueError(f"unknown DDPM schedule {schedule!r}; choose linear, cosine or custom")
+            return getattr(DiscreteVP, schedule)(**kw)
+    except TypeError as e:
+        raise ValueError(f"bad process config {config!r}: {e}") from None
+    raise ValueError(f"unknown process {name!r}; choose from {', '.join(PROCESSES)}")

@@ -6,7 +6,9 @@ With x = alpha x0 + sigma eps (per sample, alpha and sigma broadcast over the da
     x0    = (x - sigma eps) / alpha           Tweedie: x0 = (x + sigma² score) / alpha
     v     = alpha eps - sigma x0              (Salimans & Ho 2022; general alpha, sigma)
 
-Networks are conditioned on the noise level: `net(x, sigma(t), **kwargs)`.
+One vocabulary: a network's `prediction` is one of PREDICTIONS. Networks are conditioned on the noise level,
+`net(x, sigma(t), **kwargs)`; `score_from` turns one into a ScoreFn, `predict` turns a ScoreFn back into a
+prediction of any kind, and `convert` maps values between kinds.
 """
 
 from __future__ import annotations
@@ -18,24 +20,7 @@ from torch import Tensor
 from ._utils import append_dims, as_time, check_batch_t
 from .processes import Process
 
-__all__ = [
-    "ScoreFn",
-    "Prediction",
-    "PREDICTIONS",
-    "to_eps",
-    "from_eps",
-    "convert",
-    "tweedie",
-    "score_from_prediction",
-    "score_from_eps",
-    "score_from_x0",
-    "score_from_v",
-    "prediction_from_score",
-    "eps_from_score",
-    "x0_from_score",
-    "v_from_score",
-    "count_evals",
-]
+__all__ = ["ScoreFn", "Prediction", "PREDICTIONS", "convert", "tweedie", "score_from", "predict", "CountEvals"]
 
 Prediction = Literal["score", "eps", "x0", "v"]
 PREDICTIONS: tuple[str, ...] = ("score", "eps", "x0", "v")
@@ -47,9 +32,10 @@ class ScoreFn(Protocol):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {kind!r}; expected one of {PREDICTIONS}")
+def check_prediction(prediction: str) -> None:
+    """Raise ValueError unless prediction is one of PREDICTIONS."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
 
 
 def _scales(x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,40 +44,35 @@ def _scales(x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     return append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
 
 
-def to_eps(kind: Prediction, value: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Convert a prediction of the given kind at (x, alpha, sigma) into eps; alpha, sigma of shape (B,) or scalar."""
-    _check_kind(kind)
-    a, s = _scales(x, alpha, sigma)
-    if kind == "eps":
+def _to_eps(src: str, value: Tensor, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+    if src == "eps":
         return value
-    if kind == "score":
+    if src == "score":
         return -s * value
-    if kind == "x0":
+    if src == "x0":
         return (x - a * value) / s
     return (s * x + a * value) / (a**2 + s**2)  # v
 
 
-def from_eps(kind: Prediction, eps: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Convert eps at (x, alpha, sigma) into a prediction of the given kind."""
-    _check_kind(kind)
-    a, s = _scales(x, alpha, sigma)
-    if kind == "eps":
+def _from_eps(dst: str, eps: Tensor, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+    if dst == "eps":
         return eps
-    if kind == "score":
+    if dst == "score":
         return -eps / s
     x0 = (x - s * eps) / a
-    if kind == "x0":
+    if dst == "x0":
         return x0
     return a * eps - s * x0  # v
 
 
 def convert(value: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, *, src: Prediction, dst: Prediction) -> Tensor:
-    """Convert a prediction of kind src into kind dst at (x, alpha, sigma)."""
-    _check_kind(dst)
+    """Convert a prediction of kind src at (x, alpha, sigma) into kind dst; alpha, sigma of shape (B,) or scalar."""
+    check_prediction(src)
+    check_prediction(dst)
     if src == dst:
-        _check_kind(src)
         return value
-    return from_eps(dst, to_eps(src, value, x, alpha, sigma), x, alpha, sigma)
+    a, s = _scales(x, alpha, sigma)
+    return _from_eps(dst, _to_eps(src, value, x, a, s), x, a, s)
 
 
 def tweedie(x: Tensor, score: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
@@ -106,63 +87,33 @@ def _alpha_sigma(process: Process, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor
     return process.alpha(t).to(x.dtype), process.sigma(t).to(x.dtype)
 
 
-def score_from_prediction(net: Callable[..., Tensor], process: Process, kind: Prediction, **kwargs) -> ScoreFn:
+def score_from(net: Callable[..., Tensor], process: Process, prediction: Prediction = "eps", **kwargs) -> ScoreFn:
     """ScoreFn from a network net(x, sigma, **kwargs) that predicts eps, x0, v or the score."""
-    _check_kind(kind)
+    check_prediction(prediction)
 
     def score(x: Tensor, t: Tensor) -> Tensor:
         alpha, sigma = _alpha_sigma(process, x, t)
         out = net(x, sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma, **kwargs)
-        return convert(out, x, alpha, sigma, src=kind, dst="score")
+        return convert(out, x, alpha, sigma, src=prediction, dst="score")
 
     return score
 
 
-def score_from_eps(net: Callable[..., Tensor], process: Process, **kwargs) -> ScoreFn:
-    """ScoreFn from an eps-prediction network: score = -eps / sigma."""
-    return score_from_prediction(net, process, "eps", **kwargs)
+def predict(score: ScoreFn, process: Process, prediction: Prediction) -> Callable[[Tensor, Tensor], Tensor]:
+    """The inverse adapter: (x, t) -> eps, x0 (Tweedie's denoiser), v or the score, from a ScoreFn."""
+    check_prediction(prediction)
 
-
-def score_from_x0(net: Callable[..., Tensor], process: Process, **kwargs) -> ScoreFn:
-    """ScoreFn from a denoiser (x0-prediction network)."""
-    return score_from_prediction(net, process, "x0", **kwargs)
-
-
-def score_from_v(net: Callable[..., Tensor], process: Process, **kwargs) -> ScoreFn:
-    """ScoreFn from a v-prediction network."""
-    return score_from_prediction(net, process, "v", **kwargs)
-
-
-def prediction_from_score(score: ScoreFn, process: Process, kind: Prediction) -> Callable[[Tensor, Tensor], Tensor]:
-    """The inverse adapter: (x, t) -> eps, x0 (Tweedie denoiser), v or score, from a ScoreFn."""
-    _check_kind(kind)
-
-    def predict(x: Tensor, t: Tensor) -> Tensor:
+    def predicted(x: Tensor, t: Tensor) -> Tensor:
         alpha, sigma = _alpha_sigma(process, x, t)
-        return convert(score(x, t), x, alpha, sigma, src="score", dst=kind)
+        return convert(score(x, t), x, alpha, sigma, src="score", dst=prediction)
 
-    return predict
-
-
-def eps_from_score(score: ScoreFn, process: Process) -> Callable[[Tensor, Tensor], Tensor]:
-    """(x, t) -> eps = -sigma(t) score(x, t)."""
-    return prediction_from_score(score, process, "eps")
+    return predicted
 
 
-def x0_from_score(score: ScoreFn, process: Process) -> Callable[[Tensor, Tensor], Tensor]:
-    """(x, t) -> E[x0 | x_t] by Tweedie's formula."""
-    return prediction_from_score(score, process, "x0")
+class CountEvals:
+    """Wrap a ScoreFn and count its calls (NFE).
 
-
-def v_from_score(score: ScoreFn, process: Process) -> Callable[[Tensor, Tensor], Tensor]:
-    """(x, t) -> v = alpha eps - sigma x0."""
-    return prediction_from_score(score, process, "v")
-
-
-class count_evals:
-    """Wrap a ScoreFn and count its calls (NFE) and the samples it scored.
-
-    >>> counted = count_evals(score); sampler(counted, process, x, ts); counted.nfe
+    >>> counted = CountEvals(score); sampler(counted, process, x, ts); counted.nfe
     """
 
     def __init__(self, score: ScoreFn):

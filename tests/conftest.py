@@ -42,13 +42,14 @@ def ode_problem():
     from scoresde.samplers import probability_flow
 
     process = VP()
-    target = toy_data.aniso()
+    target = toy_data.load("aniso")
     g = torch.Generator().manual_seed(5)
     t0, t1 = 0.7, 0.1
     x0 = target.sample(64, generator=g, dtype=torch.float64)
     x = process.perturb(x0, t0, torch.randn(x0.shape, generator=g, dtype=torch.float64)).to(DEVICE)
     score = target.score_fn(process)
     ref = probability_flow(
-        score, process, x, torch.tensor([t0, t1], dtype=torch.float64), rtol=1e-11, atol=1e-11, denoise=False
+        score, process, x, torch.tensor([t0, t1], dtype=torch.float64), method="dopri5", rtol=1e-11, atol=1e-11,
+        denoise=False
     )
     return process, score, x, t0, t1, ref

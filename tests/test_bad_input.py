@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scoresde import VE, VP, DiscreteVP, SubVP, convert
-from toy_data import GaussianMixture, get
+from toy_data import GaussianMixture, load
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ from toy_data import GaussianMixture, get
         (lambda: DiscreteVP([0.1, 0.0]), r"beta\[1\] = 0.0"),
         (lambda: DiscreteVP([]), "at least one"),
         (lambda: DiscreteVP.linear(10), r"beta\[\d+\] = "),
-        (lambda: DiscreteVP.linear(0), "num_steps.*0"),
+        (lambda: DiscreteVP.linear(0), "N.*0"),
     ],
 )
 def test_bad_process_parameters(make, match):
@@ -38,14 +38,14 @@ def test_time_outside_the_process_range(process, bad):
     with pytest.raises(ValueError, match=f"t = {bad}"):
         process.perturb(torch.zeros(2, 3), t, torch.zeros(2, 3))
     with pytest.raises(ValueError, match=f"t = {bad}"):
-        get("ring8").score(torch.zeros(2, 2), process, t)
+        load("ring8").score(torch.zeros(2, 2), process, t)
 
 
 def test_shape_mismatches():
     vp = VP()
     with pytest.raises(ValueError, match=r"eps has shape \(2, 3\)"):
         vp.perturb(torch.zeros(2, 2), 0.5, torch.zeros(2, 3))
-    ring = get("ring8")
+    ring = load("ring8")
     with pytest.raises(ValueError, match="3 values per sample"):
         ring.score(torch.zeros(4, 3), vp, torch.full((4,), 0.5))
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
@@ -66,6 +66,6 @@ def test_bad_mixtures():
     with pytest.raises(ValueError, match=r"shape \(1, 2, 2\)"):
         GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0]]])
     with pytest.raises(ValueError, match="no component has label 5"):
-        get("aniso").conditional(5)
+        load("aniso").conditional(5)
     with pytest.raises(ValueError, match="'nope'"):
-        get("nope")
+        load("nope")

@@ -3,7 +3,11 @@
 import subprocess
 import sys
 
+import torch
+
 from scoresde.cli import main
+
+from .conftest import DEVICE
 
 
 def test_help_runs():
@@ -60,3 +64,51 @@ def test_compare_bad_input_is_one_line(capsys, tmp_path):
         assert main(argv + ["--out", str(tmp_path)]) != 0, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_compare_harness_returns_measured_records():
+    """compare() gives one record per (sampler, budget): the NFE measured by CountEvals (the budget, for these
+    deterministic samplers at NFE 9), the metrics of the returned samples against the returned exact reference,
+    and the noise floors; a budget a sampler cannot spend is listed as skipped, not run."""
+    import toy_data
+    from scoresde import VP
+    from scoresde.evaluation import compare
+    from scoresde.metrics import energy_distance, log_density_gap, mmd, sliced_wasserstein
+
+    ring = toy_data.load("ring8")
+    res = compare(ring, VP(), ["dpm_solver_pp", "heun"], [9], n=200, pairwise_n=100, seed=3, device=DEVICE)
+    assert [(r["sampler"], r["budget"], r["nfe"], r["grid"]) for r in res.records] == \
+        [("dpm_solver_pp", 9, 9, "uniform_log_snr"), ("heun", 9, 9, "karras")]
+    assert res.metrics == ("sliced_wasserstein", "mmd", "energy_distance", "logp_gap") and res.skipped == []
+    ref = res.reference
+    assert ref.shape == (200, 2) and set(res.floors) == {*res.metrics, "logp_gap_se"}
+    for r in res.records:
+        x = res.samples[r["sampler"], 9]
+        assert x.shape == (200, 2) and torch.isfinite(x).all()
+        assert r["sliced_wasserstein"] == float(sliced_wasserstein(x, ref))
+        assert r["mmd"] == float(mmd(x, ref, max_n=100))
+        assert r["energy_distance"] == float(energy_distance(x, ref, max_n=100))
+        assert r["logp_gap"] == float(log_density_gap(ring.log_prob, x, ref)[0])
+    assert "noise floor" in res.table() and "heun" in res.table()
+    short = compare(ring, VP(), ["annealed_langevin"], [3], n=200, pairwise_n=100)
+    assert short.records == [] and len(short.skipped) == 1 and "annealed_langevin at NFE 3" in short.skipped[0]
+
+
+def test_train_builds_the_config_from_the_flags_given_and_resume_keeps_it(tmp_path, capsys):
+    import dataclasses
+
+    from scoresde.nets import net_config
+    from scoresde.training import TrainConfig, load_checkpoint
+
+    run = tmp_path / "r"
+    assert main(["train", "--data", "ring8", "--steps", "3", "--batch", "16", "--width", "8", "--depth", "1",
+                 "--lr", "1e-3", "--clip", "0", "--no-preview", "--device", str(DEVICE), "--out", str(run)]) == 0
+    saved = load_checkpoint(run)["config"]
+    assert saved.net == net_config("mlp", (2,), width=8, depth=1, sigma_data=saved.net["sigma_data"])
+    expected = TrainConfig(data="ring8", steps=3, batch=16, lr=1e-3, clip=None, net=saved.net, device=str(DEVICE))
+    assert dataclasses.replace(saved, data_streams=0) == expected
+    assert main(["train", "--resume", "--lr", "0.1", "--out", str(run)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lr" in err[0]
+    assert main(["train", "--resume", "--steps", "5", "--out", str(run)]) == 0
+    assert load_checkpoint(run)["config"] == dataclasses.replace(saved, steps=5)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from scoresde.train import TrainConfig, load_checkpoint, train
+from scoresde.training import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 torch.set_num_threads(1)
 from safetensors.torch import save_file
-from scoresde.train import TrainConfig, train
+from scoresde.training import TrainConfig, train
 
 cfg, out = TrainConfig(**json.loads(sys.argv[1])), sys.argv[2]
 rank = int(os.environ["RANK"])

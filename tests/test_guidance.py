@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import toy_data
-from scoresde import VP, prediction_from_score
+from scoresde import VP, predict
 from scoresde.guidance import classifier, classifier_free, interval, weighted_sum
 from scoresde.metrics import sliced_wasserstein
-from scoresde.samplers import get_sampler
+from scoresde.samplers.registry import get_sampler
 
 from .conftest import DEVICE
 from .strategies import mixtures, processes, seeds, times
@@ -100,8 +100,8 @@ def test_guidance_in_score_space_is_guidance_of_eps_x0_and_v(mixture, process, s
     uncond, cond, _ = _exact(mixture, process, 0)
     x, t = _noisy(mixture, process, seed)
     for kind in ("eps", "x0", "v"):
-        pu, pc = (prediction_from_score(s, process, kind)(x, t) for s in (uncond, cond))
-        guided = prediction_from_score(classifier_free(cond, uncond, w), process, kind)(x, t)
+        pu, pc = (predict(s, process, kind)(x, t) for s in (uncond, cond))
+        guided = predict(classifier_free(cond, uncond, w), process, kind)(x, t)
         assert _close(guided, pu + w * (pc - pu), pu, pc, x), kind
 
 
@@ -125,7 +125,7 @@ def test_interval_switches_per_sample(mixture, process, seed):
 
 
 def test_classifier_guidance_works_under_no_grad_and_inference_mode():
-    process, mixture = VP(), toy_data.ring8()  # a fresh mixture: its caches are first built inside the mode
+    process, mixture = VP(), toy_data.load("ring8")  # a fresh mixture: its caches are first built inside the mode
     x = process.prior((64, 2), generator=torch.Generator().manual_seed(0)).to(DEVICE)  # float32
     t = torch.full((64,), 0.4, device=DEVICE)
     uncond, cond, log_prob = _exact(mixture, process, 5)
@@ -144,7 +144,7 @@ def test_classifier_guidance_works_under_no_grad_and_inference_mode():
 
 def test_classifier_guidance_is_differentiable_when_x_is_tracked():
     """Likelihoods differentiate the score: the guided score's divergence is the conditional score's."""
-    process, mixture = VP(), toy_data.aniso()
+    process, mixture = VP(), toy_data.load("aniso")
     x = process.prior((8, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
     t = torch.full((8,), 0.3, dtype=torch.float64, device=DEVICE)
     uncond, cond, log_prob = _exact(mixture, process, 1)
@@ -183,7 +183,7 @@ def _guided_samples(mixture, kind, w, process=VP(), nfe=20):
 def test_guided_sampling_at_w_one_samples_the_exact_conditional(kind):
     """DPM-Solver++ at 20 NFE: share 1.0000 and SW2 0.0038 against a noise floor of 0.0055 (N = 4000); over
     four seeds the ratio to the floor was 0.7-1.3."""
-    mixture = toy_data.ring8()
+    mixture = toy_data.load("ring8")
     out = _guided_samples(mixture, kind, 1.0)
     assert out.shape == (N, 2) and out.dtype == torch.float32 and out.device.type == DEVICE.type
     assert _share(mixture, out) > 0.99
@@ -198,7 +198,7 @@ def test_share_in_the_wanted_class_grows_with_the_guidance_weight(std):
     """Measured shares at w = 0, 0.5, 1, 2, 4 (both kinds, identical samples):
     std 0.1: 0.132, 0.551, 1.000, 1.000, 1.000;  std 0.5: 0.132, 0.427, 0.868, 1.000, 1.000
     (the exact conditional's share at std 0.5 is 0.877: at w = 1 guidance samples p(x | y), above 1 it sharpens)."""
-    mixture = toy_data.ring8(std=std)
+    mixture = toy_data.load("ring8", std=std)
     ws = [0.0, 0.5, 1.0, 2.0, 4.0]
     runs = {kind: [_guided_samples(mixture, kind, w) for w in ws] for kind in ("cfg", "classifier")}
     for a, b in zip(runs["cfg"], runs["classifier"]):
@@ -217,7 +217,7 @@ def test_share_in_the_wanted_class_grows_with_the_guidance_weight(std):
 
 
 def test_bad_input_raises_value_error():
-    process, mixture = VP(), toy_data.ring8()
+    process, mixture = VP(), toy_data.load("ring8")
     uncond, cond, log_prob = _exact(mixture, process, 0)
     for bad in (math.nan, math.inf, -math.inf, "2", None, True, torch.tensor([1.0, math.nan]), torch.ones(2, 2)):
         with pytest.raises(ValueError, match="scale"):

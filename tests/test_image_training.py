@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scoresde.metrics import frechet_distance, frechet_distance_gaussians
-from scoresde.train import TrainConfig, load_checkpoint, train
+from scoresde.training import TrainConfig, load_checkpoint, train
 
 from .conftest import DEVICE
 
@@ -19,7 +19,7 @@ TINY = {"name": "unet", "in_channels": 1, "image_size": 8, "channels": 8, "chann
 @pytest.fixture(scope="session")
 def classifier_cache(tmp_path_factory):
     """One digits classifier for the session, trained into a temporary cache ($SCORESDE_CACHE)."""
-    from scoresde.digits_classifier import load_digits_classifier
+    from scoresde.evaluation.digits import load_digits_classifier
 
     path = tmp_path_factory.mktemp("cache")
     old = os.environ.get("SCORESDE_CACHE")
@@ -79,7 +79,7 @@ def test_frechet_distance_matches_the_closed_form():
 
 
 def test_digits_classifier_cache_round_trip(classifier_cache, monkeypatch):
-    import scoresde.digits_classifier as dc
+    import scoresde.evaluation.digits as dc
     from toy_data.images import get_images
 
     path, clf = classifier_cache
@@ -130,7 +130,7 @@ def test_cli_train_sample_evaluate_digits(tmp_path, capsys, classifier_cache):
     assert main(["evaluate", "--checkpoint", str(run), "--n", "100", "--nfe", "6", "--device", str(DEVICE)]) == 0
     text = capsys.readouterr().out
     assert "class accuracy (CFG w = 1)" in text and "floor" in text and "test accuracy 0.9" in text
-    assert "dpm_solver_pp NFE 6," in text  # measured by count_evals: one network call per step at w = 1
+    assert "dpm_solver_pp NFE 6," in text  # measured by CountEvals: one network call per step at w = 1
     assert main(["evaluate", "--checkpoint", str(run), "--n", "1"]) != 0
     assert "at least 2" in capsys.readouterr().err
     ring = tmp_path / "ring"

@@ -291,7 +291,7 @@ TINY = dict(channels=8, groups=4, emb_dim=16)
         (dict(image_size=28, channel_mult=(1, 2, 2)), (2, 1, 28, 28)),  # 28 -> 14 -> 7
         (dict(image_size=28, channel_mult=(1, 1, 2, 2), attention_resolutions=(7, 4)), (2, 1, 28, 28)),  # 7 -> 4
         (dict(in_channels=3, image_size=32, channel_mult=(1, 2, 2), num_heads=2), (2, 3, 32, 32)),
-        (dict(image_size=7, num_res_blocks=2, scale_shift=False, head_dim=4, output="v"), (2, 1, 7, 7)),
+        (dict(image_size=7, num_res_blocks=2, scale_shift=False, head_dim=4, prediction="v"), (2, 1, 7, 7)),
     ],
 )
 def test_unet_shapes_and_config(kw, shape):
@@ -338,7 +338,7 @@ def test_unet_bad_input_and_arguments():
     with pytest.raises(ValueError, match=r"sigma must have shape \(2,\)"):
         net(torch.zeros(2, 1, 8, 8, device=DEVICE), torch.ones((), device=DEVICE))
     for kw, match in [
-        (dict(output="noise"), "unknown network output"),
+        (dict(prediction="noise"), "unknown prediction .noise."),
         (dict(groups=3), "groups=3"),
         (dict(attention_resolutions=(5,)), r"attention_resolutions \[5\].*\[8, 4\]"),
         (dict(channel_mult=()), "channel_mult"),
@@ -348,6 +348,28 @@ def test_unet_bad_input_and_arguments():
     ]:
         with pytest.raises(ValueError, match=match):
             UNet(**{**TINY, **kw})
+
+
+def test_net_config_sizes_each_network_to_the_data():
+    """nets.net_config: a config build_net turns into a network taking the data's shape; mismatches named."""
+    from scoresde.nets import build_net, net_config
+
+    sigma = torch.ones(3, device=DEVICE)
+    for kind, shape, kw, out in [
+        ("unet", (3, 8, 8), dict(width=8, emb_dim=16, prediction="v", num_classes=10), (3, 8, 8)),
+        ("mlp", (5,), dict(width=16, depth=1), (5,)),
+        ("classifier", (2,), dict(num_classes=4), (4,)),
+    ]:
+        config = net_config(kind, shape, sigma_data=0.5, **kw)
+        net = build_net(config).to(DEVICE)
+        labels = torch.arange(3, device=DEVICE) if kind == "unet" else None
+        y = net(torch.zeros(3, *shape, device=DEVICE), sigma, **({"labels": labels} if labels is not None else {}))
+        assert y.shape == (3, *out) and {k: net.config()[k] for k in config} == config
+    for kind, shape, kw, match in [("mlp", (1, 8, 8), {}, r"takes vectors.*\(1, 8, 8\): images take --net unet"),
+                                   ("unet", (1, 8, 9), {}, r"square images.*\(1, 8, 9\)"),
+                                   ("classifier", (2,), {}, "labelled data"), ("resnet", (2,), {}, "'resnet'")]:
+        with pytest.raises(ValueError, match=match):
+            net_config(kind, shape, **kw)
 
 
 def _dsm_loss(net, x0, sigma, eps):

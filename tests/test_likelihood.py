@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import toy_data
-from scoresde import VE, VP, SubVP, count_evals
+from scoresde import VE, VP, SubVP, CountEvals
 from scoresde.likelihood import bits_per_dim, dequantize, divergence, log_likelihood
 from toy_data import GaussianMixture
 
@@ -44,7 +44,7 @@ def _gaussian16(event_shape=(16,)):
 
 @pytest.mark.parametrize("name", list(PROCESSES))
 def test_exact_divergence_recovers_the_mixture_density(name):
-    process, target = PROCESSES[name], toy_data.ring8()
+    process, target = PROCESSES[name], toy_data.load("ring8")
     x = _points(target, process, 32)
     res = log_likelihood(target.score_fn(process), process, x, rtol=1e-6, atol=1e-6)
     exact = _exact(target, process, x, process.t_min)
@@ -69,7 +69,7 @@ def test_exact_divergence_of_a_gaussian_score_is_minus_the_precision_trace():
 
 
 def test_partial_range_and_float32():
-    target, process = toy_data.aniso(), VP()
+    target, process = toy_data.load("aniso"), VP()
     x = _points(target, process, 16)
     res = log_likelihood(target.score_fn(process), process, x, t_min=0.3, t_max=0.8, rtol=1e-7, atol=1e-7)
     ode_only = res.delta_logp + _exact(target, process, res.z, 0.8)
@@ -85,7 +85,7 @@ def test_partial_range_and_float32():
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_hutchinson_probe_is_unbiased(probe):
-    target, process, t, m = toy_data.aniso(), VP(), 0.3, 4000
+    target, process, t, m = toy_data.load("aniso"), VP(), 0.3, 4000
     x = _points(target, process, 3)
     fn = lambda y: target.score(y, process, t)  # noqa: E731
     _, exact = divergence(fn, x)
@@ -104,7 +104,7 @@ def test_hutchinson_probe_is_unbiased(probe):
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_hutchinson_log_likelihood_agrees_with_exact(probe):
-    target, process = toy_data.aniso(), VP()
+    target, process = toy_data.load("aniso"), VP()
     x = _points(target, process, 4, seed=2)
     score = target.score_fn(process)
     exact = log_likelihood(score, process, x, rtol=1e-6, atol=1e-6)
@@ -143,9 +143,9 @@ def test_gaussian_in_16_dimensions(div):
 
 @pytest.mark.parametrize("method, stages", [("euler", 1), ("midpoint", 2), ("heun3", 3), ("rk4", 4)])
 def test_fixed_step_nfe_is_measured_and_deterministic(method, stages):
-    target, process, steps = toy_data.ring8(), VP(), 25
+    target, process, steps = toy_data.load("ring8"), VP(), 25
     x = _points(target, process, 16)
-    counted = count_evals(target.score_fn(process))
+    counted = CountEvals(target.score_fn(process))
     res = log_likelihood(counted, process, x, method=method, steps=steps)
     assert res.nfe == counted.nfe == stages * steps
     again = log_likelihood(counted, process, x, method=method, steps=steps)
@@ -208,7 +208,7 @@ def test_eight_bit_offset_matches_score_sde():
 
 
 def _ll(**kw):
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     x = kw.pop("x", torch.zeros(2, 2, **F64))
     return log_likelihood(target.score_fn(process), process, x, **kw)
 
@@ -239,3 +239,35 @@ def _ll(**kw):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_rademacher_probes_of_a_sample_are_distinct():
+    from scoresde.likelihood import _probes
+
+    y0 = torch.zeros(400 * 16, 5, dtype=torch.float64)  # 400 samples x 16 probes in 5-D (32 sign patterns)
+    p = _probes(y0, 16, "rademacher", torch.Generator().manual_seed(0)).reshape(400, 16, 5)
+    same = (p[:, :, None] == p[:, None]).all(-1).sum((1, 2)) - 16  # off-diagonal coincidences per sample
+    assert int(same.max()) == 0
+    assert set(p.unique().tolist()) == {-1.0, 1.0}
+    # more probes than patterns: distinct within each block of 2^D (here all 4 patterns, twice)
+    q = _probes(torch.zeros(50 * 8, 2), 8, "rademacher", torch.Generator().manual_seed(1)).reshape(50, 8, 2)
+    for block in (q[:, :4], q[:, 4:]):
+        assert int((block[:, :, None] == block[:, None]).all(-1).sum((1, 2)).max()) == 4
+
+
+def test_hutchinson_over_all_four_sign_patterns_is_exact_in_2d():
+    """With 4 distinct Rademacher probes in 2-D (every pattern, +-v pairs) the estimate is the exact trace, so
+    the log-likelihood equals the exact divergence's; duplicated probes (drawn with replacement) would not."""
+    target, process = toy_data.load("aniso"), VP()
+    x = target.sample(48, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    exact = log_likelihood(target.score_fn(process), process, x, rtol=1e-8, atol=1e-8)
+    hutch = log_likelihood(target.score_fn(process), process, x, divergence="hutchinson", n_probes=4,
+                           rtol=1e-8, atol=1e-8, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(hutch.log_p, exact.log_p, atol=1e-6)
+
+
+def test_likelihood_refuses_a_tolerance_below_the_dtype_precision():
+    target, process = toy_data.load("ring8"), VP()
+    x = target.sample(8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="rtol = 1e-10 is below torch.float32's precision"):
+        log_likelihood(target.score_fn(process), process, x, rtol=1e-10)

@@ -236,7 +236,7 @@ def _gaussian_sample(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.randn(n, 2, generator=g, dtype=F64).to(DEVICE)
 
 
-@pytest.mark.parametrize("name", ["sliced_w2", "energy"])
+@pytest.mark.parametrize("name", ["sliced_wasserstein", "energy_distance"])
 def test_noise_floor_positive_reproducible_and_seeded(name):
     metric = METRICS[name]
     a = noise_floor(metric, _gaussian_sample, 500, seed=7)
@@ -284,7 +284,7 @@ def test_metrics_are_differentiable(name):
 
 
 def test_metrics_table():
-    assert METRICS == {"sliced_w2": sliced_wasserstein, "mmd": mmd, "energy": energy_distance}
+    assert METRICS == {"sliced_wasserstein": sliced_wasserstein, "mmd": mmd, "energy_distance": energy_distance}
 
 
 # --------------------------------------------------------------------------------------------- bad input

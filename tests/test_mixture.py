@@ -111,7 +111,7 @@ def test_steins_identity(mixture, process, seed, clean):
 
 @pytest.mark.parametrize("name", list(toy_data.MIXTURES))
 def test_named_targets_sample_their_moments(name):
-    mixture = toy_data.get(name)
+    mixture = toy_data.load(name)
     x, labels = mixture.sample(40000, generator=torch.Generator().manual_seed(1), dtype=torch.float64, return_labels=True)
     assert x.shape == (40000, 2)
     assert torch.allclose(x.mean(0), mixture.mean(), atol=0.03)
@@ -138,7 +138,7 @@ def test_image_shaped_mixture(device):
 
 
 def test_scores_in_float32_on_the_device(device):
-    mixture = toy_data.ring8()
+    mixture = toy_data.load("ring8")
     x = mixture.sample(100, generator=torch.Generator().manual_seed(0)).to(device)
     t = torch.full((100,), 0.01, device=device)
     s32 = mixture.score(x, DiscreteVP.linear(), t)
@@ -147,9 +147,9 @@ def test_scores_in_float32_on_the_device(device):
     assert torch.allclose(s32.double(), s64, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", [n for n in toy_data.REGISTRY if n not in toy_data.MIXTURES])
+@pytest.mark.parametrize("name", list(toy_data.SETS))
 def test_sample_only_sets(name):
-    target = toy_data.get(name)
+    target = toy_data.load(name)
     a = target.sample(5000, generator=torch.Generator().manual_seed(0))
     b = target.sample(5000, generator=torch.Generator().manual_seed(0))
     assert a.shape == (5000, 2) and a.dtype == torch.float32

@@ -5,8 +5,10 @@ import torch
 
 import toy_data
 from scoresde import VE, VP
-from scoresde.samplers import SAMPLERS, dpm_solver_pp, probability_flow, unipc
-from scoresde.schedules import GRIDS, PILOT_SEED, optimized, uniform_log_snr
+from scoresde.samplers import dpm_solver_pp, probability_flow, unipc
+from scoresde.samplers.registry import GRIDS, SAMPLERS
+from scoresde.samplers.tuning import PILOT_SEED, optimized
+from scoresde.schedules import uniform_log_snr
 
 from .conftest import DEVICE
 
@@ -17,7 +19,7 @@ def _pilot(process, n, seed):
 
 @pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0)], ids=["vp", "ve"])
 def test_grid_is_decreasing_between_the_ends_with_n_steps_and_deterministic(process):
-    score = toy_data.ring8().score_fn(process)
+    score = toy_data.load("ring8").score_fn(process)
     kw = dict(max_evals=60)
     ts = optimized(process, 5, score, dpm_solver_pp, _pilot(process, 100, 3), **kw)
     assert ts.dtype == torch.float64 and ts.shape == (6,)
@@ -31,7 +33,7 @@ def test_beats_uniform_log_snr_against_the_reference_ode_solution():
     """On an exact-score mixture, a grid placed on one pilot batch lowers the error on an independent batch, below
     uniform log-SNR and below the best of the initial grids (so Nelder-Mead, not the choice of start, does it)."""
     process = VP()
-    target = toy_data.aniso()
+    target = toy_data.load("aniso")
     score = target.score_fn(process)
     n = 7  # NFE 8 with the final denoising step
     ts = optimized(process, n, score, unipc, _pilot(process, 300, 11), max_evals=300)
@@ -43,13 +45,13 @@ def test_beats_uniform_log_snr_against_the_reference_ode_solution():
 
     base, opt = rms(uniform_log_snr(process, n)), rms(ts)
     assert opt < 0.5 * base, (opt, base)  # measured: 0.110 vs 0.281
-    best_init = min(rms(GRIDS[g](process, n)) for g in ("log_snr", "jump", "karras", "uniform_t"))
+    best_init = min(rms(GRIDS[g](process, n)) for g in ("uniform_log_snr", "jump_log_snr", "karras", "uniform_t"))
     assert opt < 0.8 * best_init, (opt, best_init)  # measured: 0.110 vs 0.178 (jump)
 
 
 def test_float32_pilot_on_the_test_device_gives_a_float64_grid():
     process = VP()
-    score = toy_data.ring8().score_fn(process)
+    score = toy_data.load("ring8").score_fn(process)
     spec = SAMPLERS["ddim"]
     ts = spec.grid_for(process, 6, "optimized", score=score, pilot=100, dtype=torch.float32, device=DEVICE,
                        max_evals=40)
@@ -59,17 +61,17 @@ def test_float32_pilot_on_the_test_device_gives_a_float64_grid():
 
 def test_few_steps_and_samplerspec_grid_for():
     process = VP()
-    score = toy_data.ring8().score_fn(process)
+    score = toy_data.load("ring8").score_fn(process)
     assert torch.equal(optimized(process, 1, score, unipc, (10, 2)), uniform_log_snr(process, 1))
-    spec = SAMPLERS["dpm_solver_pp_3m"]
-    ts = spec.grid_for(process, 6, "optimized", score=score, pilot=50, max_evals=30)
+    spec = SAMPLERS["dpm_solver_pp"]
+    ts = spec.grid_for(process, 6, "optimized", score=score, pilot=50, max_evals=30, order=3)
     assert ts.shape == (spec.steps_for(6) + 1,)
     assert "optimized" in GRIDS and isinstance(PILOT_SEED, int)
 
 
 def test_bad_input_is_a_clear_error():
     process = VP()
-    score = toy_data.ring8().score_fn(process)
+    score = toy_data.load("ring8").score_fn(process)
     with pytest.raises(ValueError, match="-1"):
         optimized(process, -1, score, unipc, (10, 2))
     with pytest.raises(ValueError, match="max_evals"):

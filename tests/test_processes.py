@@ -18,9 +18,9 @@ def _interior_times(process, n, seed):
     t = times(process, n, seed)
     if isinstance(process, DiscreteVP):
         g = torch.Generator().manual_seed(seed + 1)
-        steps = torch.randint(2, process.num_steps + 1, (n,), generator=g)
+        steps = torch.randint(2, process.N + 1, (n,), generator=g)
         u = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
-        t = ((steps - u) / process.num_steps).to(DEVICE)
+        t = ((steps - u) / process.N).to(DEVICE)
     return t
 
 

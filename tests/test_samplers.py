@@ -7,20 +7,11 @@ import pytest
 import torch
 
 import toy_data
-from scoresde import VE, VP, DiscreteVP, count_evals
+from scoresde import VE, VP, DiscreteVP, CountEvals
 from scoresde.metrics import sliced_wasserstein
-from scoresde.samplers import (
-    SAMPLERS,
-    analytic_x0_var,
-    ancestral,
-    ddim,
-    dpm_solver_pp,
-    euler,
-    get_sampler,
-    heun,
-    langevin,
-    probability_flow,
-)
+from scoresde.samplers import analytic_x0_var, ancestral, ancestral_analytic, ddim, dpm_solver_pp, euler, heun, langevin, probability_flow
+from scoresde.samplers.registry import SAMPLERS, get_sampler
+from scoresde.samplers.tuning import pilot_batch
 from scoresde.schedules import jump_log_snr, karras, uniform_log_snr, uniform_t
 from toy_data import GaussianMixture
 
@@ -38,7 +29,6 @@ BUDGET = {
     "euler": 40,
     "heun": 31,
     "dpm_solver_pp": 20,
-    "dpm_solver_pp_3m": 20,
     "unipc": 20,
 }
 N = 4000
@@ -53,11 +43,16 @@ def _image_mixture():
 def _run(name, target, process, nfe, n=N, seed=0, dtype=torch.float32):
     spec = get_sampler(name)
     ts = spec.grid_for(process, nfe)
-    score = count_evals(target.score_fn(process))
+    score = CountEvals(target.score_fn(process))
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     x = process.prior((n,) + target.event_shape, generator=g, dtype=dtype)
     out = spec(score, process, x, ts, generator=g)
-    return out, score.nfe, spec.nfe(len(ts) - 1)
+    pilot = 0
+    if name == "ancestral_analytic":  # its pilot batch's evaluations are counted in the NFE too
+        counted = CountEvals(target.score_fn(process))
+        analytic_x0_var(counted, process, ts, pilot_batch(process, 1000, x))
+        pilot = counted.nfe
+    return out, score.nfe - pilot, spec.nfe(len(ts) - 1)
 
 
 def _floor(target, n=N):
@@ -69,7 +64,7 @@ def _floor(target, n=N):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 @pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0)], ids=["vp", "ve"])
 def test_every_sampler_reaches_ring8(name, process):
-    target = toy_data.ring8()
+    target = toy_data.load("ring8")
     ref, floor = _floor(target)
     out, nfe, declared = _run(name, target, process, BUDGET[name])
     assert nfe == declared <= BUDGET[name]
@@ -79,7 +74,7 @@ def test_every_sampler_reaches_ring8(name, process):
 
 @pytest.mark.parametrize("name", ["ancestral", "ddim"])
 def test_ddpm_samplers_on_discrete_vp(name):
-    target = toy_data.ring8()
+    target = toy_data.load("ring8")
     ref, floor = _floor(target)
     process = DiscreteVP.linear()
     spec = get_sampler(name)
@@ -140,7 +135,7 @@ def _caller_noise(rows: int, draws: int = 64):
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch(name):
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
     ts = spec.grid_for(process, 12)
     noise = _caller_noise(12)
@@ -152,7 +147,7 @@ def test_a_sample_does_not_depend_on_the_rest_of_the_batch(name):
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_same_generator_same_samples_and_float64(name):
-    target, process = toy_data.ring8(), VE(0.01, 10.0)
+    target, process = toy_data.load("ring8"), VE(0.01, 10.0)
     spec = get_sampler(name)
     ts = spec.grid_for(process, 15)
     outs = []
@@ -164,7 +159,7 @@ def test_same_generator_same_samples_and_float64(name):
 
 
 def test_ddim_with_eta_one_is_the_ancestral_sampler():
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     ts = uniform_t(process, 30)
     x = process.prior((200, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     noise = _caller_noise(200)
@@ -215,19 +210,18 @@ def test_ancestral_with_the_x0_variance_keeps_the_marginal_variance():
     assert outs["plain"] < 0.9 * var_s
 
 
-def test_ancestral_analytic_spec_runs_its_pilot_unless_given_x0_var():
-    target, process = toy_data.ring8(), VP()
-    spec = get_sampler("ancestral_analytic")
-    ts = spec.grid_for(process, 12)
+def test_ancestral_analytic_runs_its_pilot_through_the_counted_score():
+    target, process = toy_data.load("ring8"), VP()
+    ts = get_sampler("ancestral_analytic").grid_for(process, 12)
     x = process.prior((50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     noise = _caller_noise(50)
-    opts = spec.pilot_options(target.score_fn(process), process, ts, x)
-    assert set(opts) == {"x0_var"} and opts["x0_var"].shape == (11,) and bool((opts["x0_var"] > 0).all())
-    auto = spec(target.score_fn(process), process, x, ts, noise=noise)
-    given = ancestral(target.score_fn(process), process, x, ts, noise=noise, x0_var=opts["x0_var"])
-    assert torch.equal(auto, given)
-    plain = spec(target.score_fn(process), process, x, ts, noise=noise, x0_var=torch.zeros(11))
-    assert torch.equal(plain, ancestral(target.score_fn(process), process, x, ts, noise=noise))
+    pilot = CountEvals(target.score_fn(process))
+    x0_var = analytic_x0_var(pilot, process, ts, pilot_batch(process, 1000, x))
+    assert x0_var.shape == (11,) and bool((x0_var > 0).all()) and pilot.nfe > 20
+    counted = CountEvals(target.score_fn(process))
+    auto = ancestral_analytic(counted, process, x, ts, noise=noise)
+    assert torch.equal(auto, ancestral(target.score_fn(process), process, x, ts, noise=noise, x0_var=x0_var))
+    assert counted.nfe == pilot.nfe + len(ts)  # the pilot's cost is visible: steps + final denoise + pilot
     with pytest.raises(ValueError, match="x0_var must hold 11 finite non-negative values"):
         ancestral(target.score_fn(process), process, x, ts, x0_var=[0.1] * 10)
     with pytest.raises(ValueError, match="x0_var must hold 11 finite non-negative values"):
@@ -237,28 +231,34 @@ def test_ancestral_analytic_spec_runs_its_pilot_unless_given_x0_var():
 @pytest.mark.parametrize("name", list(SAMPLERS))
 @pytest.mark.parametrize("nfe", [1, 7, 30])
 def test_count_evals_matches_the_documented_nfe(name, nfe):
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
     try:
         ts = spec.grid_for(process, nfe)
     except ValueError as e:
         assert "too small" in str(e) and nfe < spec.evals_per_step + spec.extra + 1
         return
-    score = count_evals(target.score_fn(process))
-    spec(score, process, process.prior((3, 2)), ts, generator=torch.Generator().manual_seed(0))
+    score = CountEvals(target.score_fn(process))
+    x = process.prior((3, 2))
+    spec(score, process, x, ts, generator=torch.Generator().manual_seed(0))
+    if name == "ancestral_analytic":  # its pilot batch's evaluations are counted too
+        pilot = CountEvals(target.score_fn(process))
+        analytic_x0_var(pilot, process, ts, pilot_batch(process, 1000, x))
+        assert score.nfe == spec.nfe(len(ts) - 1) + pilot.nfe
+        return
     assert score.nfe == spec.nfe(len(ts) - 1) <= nfe
 
 
 def test_adaptive_probability_flow_counts_its_evaluations():
-    target, process = toy_data.ring8(), VP()
-    score = count_evals(target.score_fn(process))
+    target, process = toy_data.load("ring8"), VP()
+    score = CountEvals(target.score_fn(process))
     ts = uniform_t(process, 1)
-    out = probability_flow(score, process, process.prior((100, 2)), ts, rtol=1e-4, atol=1e-4)
+    out = probability_flow(score, process, process.prior((100, 2)), ts, method="dopri5", rtol=1e-4, atol=1e-4)
     assert score.nfe > 10 and torch.isfinite(out).all()
 
 
 def test_callback_sees_every_step_and_the_final_estimate():
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     ts = karras(process, 6)
     seen = []
     out = heun(target.score_fn(process), process, process.prior((10, 2)), ts, callback=seen.append)
@@ -281,7 +281,7 @@ def test_plain_langevin_samples_a_fixed_gaussian():
 
 
 def test_bad_grids_and_budgets():
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     score, x = target.score_fn(process), process.prior((4, 2))
     with pytest.raises(ValueError, match=r"strictly decreasing; ts\[1\] = 0.3"):
         ddim(score, process, x, torch.tensor([0.5, 0.3, 0.4], dtype=torch.float64))
@@ -299,7 +299,7 @@ def test_bad_grids_and_budgets():
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_nan_from_the_score_names_the_step(name):
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
     ts = spec.grid_for(process, 40)
     calls = []
@@ -311,3 +311,41 @@ def test_nan_from_the_score_names_the_step(name):
 
     with pytest.raises(ValueError, match=r"NaN or inf at (step \d+|ODE evaluation 3)"):
         spec(broken, process, process.prior((4, 2)), ts, generator=torch.Generator().manual_seed(0))
+
+
+# -- 0 steps: every grid is [t_max], every sampler's NFE 1 is Tweedie's x0 there -------------------------------------
+
+
+@pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0), DiscreteVP.linear(100)], ids=["vp", "ve", "ddpm"])
+def test_zero_steps_is_the_grid_t_max_for_every_grid(process):
+    from scoresde.samplers.registry import GRIDS
+
+    for name, grid in GRIDS.items():
+        if name == "optimized" or (name == "ddpm_steps" and not isinstance(process, DiscreteVP)):
+            continue
+        assert grid(process, 0).tolist() == [process.t_max], name
+
+
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.deterministic])
+def test_nfe_one_returns_tweedie_at_t_max_not_the_prior_noise(name):
+    target, process = toy_data.load("ring8"), VP()
+    spec = get_sampler(name)
+    ts = spec.grid_for(process, 1)
+    x = process.prior((500, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
+    score = CountEvals(target.score_fn(process))
+    out = spec(score, process, x, ts)
+    t = torch.full((500,), process.t_max, dtype=torch.float64, device=DEVICE)
+    expected = target.posterior_mean(x, process, t)
+    assert score.nfe == 1
+    assert torch.allclose(out, expected, atol=1e-10)
+    assert out.norm(dim=1).max() < 0.1  # E[x0 | x_T] is near the data mean (0), far from the noise (|x| ~ 1.4)
+
+
+def test_adaptive_tolerance_below_the_dtype_precision_is_refused():
+    target, process = toy_data.load("ring8"), VP()
+    x = process.prior((10, 2), generator=torch.Generator().manual_seed(0))  # float32
+    with pytest.raises(ValueError, match="rtol = 1e-10 is below torch.float32's precision"):
+        probability_flow(target.score_fn(process), process, x, uniform_t(process, 1), method="dopri5", rtol=1e-10)
+    out = probability_flow(target.score_fn(process), process, x.double(), uniform_t(process, 1), method="dopri5",
+                           rtol=1e-10, atol=1e-10)
+    assert torch.isfinite(out).all()

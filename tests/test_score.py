@@ -4,20 +4,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from scoresde import (
-    VP,
-    convert,
-    count_evals,
-    eps_from_score,
-    prediction_from_score,
-    score_from_eps,
-    score_from_prediction,
-    score_from_v,
-    score_from_x0,
-    tweedie,
-    v_from_score,
-    x0_from_score,
-)
+from scoresde import VP, CountEvals, convert, predict, score_from, tweedie
 
 from .conftest import DEVICE
 from .strategies import mixtures, processes, seeds, times
@@ -64,15 +51,14 @@ def test_network_adapters_round_trip(process, seed):
         assert sigma.shape == (x.shape[0],)
         return torch.tanh(x.flatten(1) @ w * sigma[:, None]).reshape(x.shape)
 
-    for kind, wrap in [("eps", score_from_eps), ("x0", score_from_x0), ("v", score_from_v), ("score", None)]:
-        score = wrap(net, process) if wrap else score_from_prediction(net, process, "score")
-        back = prediction_from_score(score, process, kind)(x, t)
+    for kind in ("eps", "x0", "v", "score"):
+        back = predict(score_from(net, process, kind), process, kind)(x, t)
         expected = net(x, process.sigma(t))
         assert torch.allclose(back, expected, rtol=1e-10, atol=1e-10), kind
-    score = score_from_eps(net, process)
-    assert torch.allclose(eps_from_score(score, process)(x, t), net(x, process.sigma(t)), rtol=1e-10, atol=1e-12)
-    x0 = x0_from_score(score, process)(x, t)
-    v = v_from_score(score, process)(x, t)
+    score = score_from(net, process)  # eps by default
+    assert torch.allclose(predict(score, process, "eps")(x, t), net(x, process.sigma(t)), rtol=1e-10, atol=1e-12)
+    x0 = predict(score, process, "x0")(x, t)
+    v = predict(score, process, "v")(x, t)
     assert torch.allclose(convert(v, x, process.alpha(t), process.sigma(t), src="v", dst="x0"), x0, atol=1e-10)
 
 
@@ -82,7 +68,7 @@ def test_tweedie_gives_the_exact_posterior_mean(mixture, process, seed):
     t = times(process, 32, seed)
     x0 = mixture.sample(32, generator=g, dtype=torch.float64).to(DEVICE)
     xt = process.perturb(x0, t, torch.randn_like(x0))
-    denoised = x0_from_score(mixture.score_fn(process), process)(xt, t)
+    denoised = predict(mixture.score_fn(process), process, "x0")(xt, t)
     exact = mixture.posterior_mean(xt, process, t)
     scale = 1 + exact.abs()
     assert torch.allclose(denoised / scale, exact / scale, rtol=1e-7, atol=1e-7)
@@ -90,7 +76,7 @@ def test_tweedie_gives_the_exact_posterior_mean(mixture, process, seed):
 
 def test_count_evals_counts_calls():
     calls = []
-    counted = count_evals(lambda x, t: calls.append(1) or x)
+    counted = CountEvals(lambda x, t: calls.append(1) or x)
     x = torch.zeros(3, 2, device=DEVICE)
     for _ in range(5):
         counted(x, torch.zeros(3, device=DEVICE))
@@ -101,4 +87,8 @@ def test_count_evals_counts_calls():
 
 def test_unknown_prediction_kind_is_named():
     with pytest.raises(ValueError, match="'epsilon'"):
-        score_from_prediction(lambda x, s: x, VP(), "epsilon")
+        score_from(lambda x, s: x, VP(), "epsilon")
+    with pytest.raises(ValueError, match="'epsilon'"):
+        predict(lambda x, t: x, VP(), "epsilon")
+    with pytest.raises(ValueError, match="'epsilon'"):
+        convert(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2), torch.ones(2), src="eps", dst="epsilon")

@@ -1,4 +1,5 @@
-"""The trainer: learning, exact resume, atomic checkpoints that never execute pickled code, NaN detection, CLI."""
+"""The trainer: learning, exact resume, atomic checkpoints that never execute pickled code, NaN detection, loss
+objects, CLI."""
 
 import json
 
@@ -6,18 +7,19 @@ import pytest
 import torch
 
 import toy_data
+from scoresde import VE, VP
+from scoresde.losses import ClassifierLoss, DSMLoss, Loss
 from scoresde.metrics import sliced_wasserstein
 from scoresde.nets import MLPScoreNet, build_net
 from scoresde.samplers import dpm_solver_pp
 from scoresde.schedules import uniform_log_snr
-from scoresde.train import (
+from scoresde.training import (
     Model,
     NonFiniteLossError,
     TrainConfig,
     latest_checkpoint,
     load_checkpoint,
     load_model,
-    make_data,
     train,
 )
 
@@ -35,7 +37,7 @@ def _cfg(**kw) -> TrainConfig:
 
 def _sw_to_ring8(model: Model, n: int = 4000) -> float:
     g = torch.Generator().manual_seed(0)
-    target = toy_data.ring8()
+    target = toy_data.load("ring8")
     ref = target.sample(n, generator=g)
     x = model.process.prior((n, 2), generator=g).to(DEVICE)
     out = dpm_solver_pp(model.score_fn(), model.process, x, uniform_log_snr(model.process, 20),
@@ -92,6 +94,7 @@ def test_checkpoint_round_trip_and_layout(tmp_path):
         assert torch.equal(loaded["ema"].state_dict()[k], v), k
     meta = json.loads((loaded["path"] / "config.json").read_text())
     assert meta["net"]["name"] == "mlp" and meta["step"] == 40
+    assert meta["config"]["process"] == VP().config() == loaded["process"].config()  # a name is saved as its config
     # a step directory works as well as the run directory
     assert load_checkpoint(tmp_path / "checkpoints" / "step_00000030")["step"] == 30
 
@@ -137,8 +140,8 @@ def test_config_naming_unknown_process_or_network(tmp_path):
         train(_cfg(process="brownian"), progress=False)
     with pytest.raises(ValueError, match="'transformer'"):
         train(_cfg(net={"name": "transformer"}), progress=False)
-    with pytest.raises(ValueError, match="unknown network output 'logits'"):
-        build_net({"name": "mlp", "output": "logits"})
+    with pytest.raises(ValueError, match="unknown prediction 'logits'"):
+        build_net({"name": "mlp", "prediction": "logits"})
     train(_cfg(steps=10), tmp_path, progress=False)
     ck = latest_checkpoint(tmp_path)
     meta = json.loads((ck / "config.json").read_text())
@@ -151,10 +154,10 @@ def test_config_naming_unknown_process_or_network(tmp_path):
     (ck / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="do not fit the network config"):
         load_checkpoint(tmp_path)
-    with pytest.raises(ValueError, match="'ring9'"):
-        make_data("ring9")
     for bad, match in ((dict(steps=-1), "steps"), (dict(lr=0.0), "lr"), (dict(ema=1.0), "ema"),
-                       (dict(optimizer="sgd"), "'sgd'"), (dict(weighting="w"), "'w'")):
+                       (dict(optimizer="sgd"), "'sgd'"), (dict(weighting="w"), "'w'"), (dict(data="ring9"), "'ring9'"),
+                       (dict(importance=True), "weighting='likelihood'"),
+                       (dict(process="ddpm", weighting="likelihood", importance=True), "discrete steps")):
         with pytest.raises(ValueError, match=match):
             train(_cfg(**bad), progress=False)
 
@@ -165,7 +168,7 @@ class _PoisonedRing8:
     event_shape = (2,)
 
     def __init__(self, bad: int):
-        self.calls, self.bad, self.inner = 0, bad, toy_data.ring8()
+        self.calls, self.bad, self.inner = 0, bad, toy_data.load("ring8")
 
     def sample(self, n, generator=None, device=None, dtype=torch.float32, return_labels=False):
         x = self.inner.sample(n, generator=generator, device=device, dtype=dtype)
@@ -290,84 +293,6 @@ def test_snr_gamma_reaches_the_loss(tmp_path):
     assert saved["weighting"] == "min_snr" and saved["snr_gamma"] == 0.5
 
 
-def _guided_score_error(base: Model, clf: Model, n: int = 512) -> float:
-    """E sigma² ||s_base + ∇ log p_clf(y | x_t) - s_exact(x_t | y)||² over labels y, t ~ U and x_t ~ p_t(x | y):
-    the error of classifier guidance at scale 1, against the exact conditional score of ring8."""
-    target, p = toy_data.ring8(), base.process
-    g = torch.Generator().manual_seed(5)
-    errs = []
-    for y in range(target.num_classes):
-        cond = target.conditional(y)
-        x0 = cond.sample(n, generator=g)
-        t = p.t_min + (p.t_max - p.t_min) * torch.rand(n, generator=g)
-        x = p.perturb(x0, t, torch.randn(x0.shape, generator=g)).to(DEVICE).requires_grad_(True)
-        t = t.to(DEVICE)
-        (grad,) = torch.autograd.grad(clf.log_prob_fn(y)(x, t).sum(), x)
-        guided = base.score_fn()(x.detach(), t) + grad
-        errs.append((p.sigma(t)[:, None] * (guided - cond.score(x.detach(), p, t))).square().sum(1).mean())
-    return float(torch.stack(errs).mean())
-
-
-def test_guided_dsm_classifier_objective_trains_the_gradient_guidance_uses(tmp_path):
-    """classifier_objective='guided_dsm' (CE + DSM of a frozen base score plus the classifier's gradient) makes
-    classifier guidance at scale 1 closer to the exact conditional score than cross-entropy alone, at the same
-    steps, data and seed (measured here: eps-weighted error 0.052 vs 0.073, ratio 0.71; seeds 1, 2: 0.71, 0.79)."""
-    run = tmp_path / "base"
-    common = dict(batch=256, steps=1000, warmup=50, checkpoint_every=0, log_every=50)
-    train(_cfg(net={"name": "mlp", "width": 64, "depth": 2, "sigma_data": 1.42}, **common), run, progress=False)
-    base = load_model(run, device=DEVICE)
-    clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": 64, "depth": 2}
-    errors = {}
-    for objective in ("ce", "guided_dsm"):
-        cfg = _cfg(net=clf_net, classifier_objective=objective, dsm_weight=4.0,
-                   classifier_base=str(run) if objective == "guided_dsm" else None, **common)
-        r = train(cfg, tmp_path / objective, progress=False)
-        errors[objective] = _guided_score_error(base, Model(r.ema.eval(), r.process, cfg, r.step))
-    assert errors["guided_dsm"] < 0.8 * errors["ce"], errors
-    # the saved config names the objective and its base, so the run resumes with them
-    saved = load_checkpoint(tmp_path / "guided_dsm")["config"]
-    assert (saved.classifier_objective, saved.classifier_base, saved.dsm_weight) == ("guided_dsm", str(run), 4.0)
-
-
-def test_guided_dsm_bad_input(tmp_path, capsys):
-    from scoresde.cli import main
-
-    clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": 16, "depth": 1}
-    with pytest.raises(ValueError, match="'hinge'"):
-        _cfg(net=clf_net, classifier_objective="hinge").validate()
-    with pytest.raises(ValueError, match="classifier_base"):
-        _cfg(net=clf_net, classifier_objective="guided_dsm").validate()
-    with pytest.raises(ValueError, match="dsm_weight.*-2"):
-        _cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base="x", dsm_weight=-2.0).validate()
-    with pytest.raises(ValueError, match="for noise-aware classifiers"):
-        train(_cfg(classifier_objective="guided_dsm", classifier_base="x", steps=1), progress=False)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        train(_cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base=str(tmp_path / "nowhere"),
-                   steps=1), progress=False)
-    clf_run, ve_run = tmp_path / "clf", tmp_path / "ve"
-    train(_cfg(net=clf_net, steps=2, checkpoint_every=0), clf_run, progress=False)
-    train(_cfg(process="ve", steps=2, checkpoint_every=0), ve_run, progress=False)
-    with pytest.raises(ValueError, match="is a classifier"):
-        train(_cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base=str(clf_run), steps=1),
-              progress=False)
-    with pytest.raises(ValueError, match="'ve'"):
-        train(_cfg(net=clf_net, classifier_objective="guided_dsm", classifier_base=str(ve_run), steps=1),
-              progress=False)
-    # the CLI: one line, non-zero exit; and a working run with --base
-    assert main(["train", "--net", "classifier", "--data", "ring8", "--classifier-objective", "guided_dsm",
-                 "--out", str(tmp_path / "c1")]) != 0
-    assert "classifier_base" in capsys.readouterr().err
-    base = tmp_path / "b"
-    common = ["--data", "ring8", "--steps", "3", "--batch", "16", "--width", "8", "--depth", "1", "--no-preview",
-              "--device", str(DEVICE)]
-    assert main(["train", *common, "--out", str(base)]) == 0
-    assert main(["train", "--net", "classifier", *common, "--classifier-objective", "guided_dsm", "--base",
-                 str(base), "--dsm-weight", "2", "--out", str(tmp_path / "c2")]) == 0
-    saved = json.loads((tmp_path / "c2" / "config.json").read_text())
-    assert (saved["classifier_objective"], saved["classifier_base"], saved["dsm_weight"]) == \
-        ("guided_dsm", str(base), 2.0)
-
-
 def test_init_starts_from_another_runs_ema_weights(tmp_path):
     """config.init fine-tunes: step 0 holds the other run's EMA weights (net and EMA), the optimiser starts fresh;
     a different network is refused, naming both; a resumed run keeps its own weights."""
@@ -411,60 +336,60 @@ def test_log_is_readable_while_training_runs(tmp_path):
     assert seen == {10: [10], 20: [10, 20], 30: [10, 20, 30]}, seen
 
 
-def test_reference_batch_reaches_the_loss_resumes_exactly_and_checks_its_input(tmp_path, capsys):
-    """TrainConfig.reference_batch / widen reach dsm_loss (its lower-variance target gives a lower loss than eps's;
-    test_losses checks the target itself), a run with them resumes to the identical loss sequence, and bad values
-    fail early."""
-    from scoresde.cli import main
+def test_a_loss_object_replaces_the_default(tmp_path):
+    """train(loss=...) trains with that object: the default's own object gives the same losses step for step, a
+    custom one sees the batch (labels only for conditional networks) and its values; a loss that cannot train the
+    network, or returns no per-sample values, is refused before the first step."""
+    base = dict(steps=3, log_every=1, checkpoint_every=0)
+    default = train(_cfg(**base), progress=False).losses
+    assert train(_cfg(**base), loss=DSMLoss(), progress=False).losses == default
+    assert train(_cfg(**base), loss=DSMLoss("none"), progress=False).losses != default
+    seen = []
 
-    import scoresde.train as train_mod
+    class Doubled(Loss):
+        def check(self, net, process):
+            seen.append(("check", net.num_classes, process.config()["name"]))
 
-    ref = dict(reference_batch=256, widen=8.0, widen_t_min=0.1, log_every=1)
-    plain = train(_cfg(log_every=1, checkpoint_every=0), progress=False).losses
-    full = train(_cfg(**ref), tmp_path / "a", progress=False)
-    assert sum(full.losses[-10:]) < sum(plain[-10:]), (full.losses[-10:], plain[-10:])
-    # every objective gets the reference (with labels for classifiers) and the widening, each step
+        def __call__(self, net, process, x0, labels, *, generator=None):
+            seen.append((x0.shape, None if labels is None else labels.shape))
+            return 2 * DSMLoss()(net, process, x0, labels, generator=generator)
+
+    assert train(_cfg(**base), loss=Doubled(), progress=False).losses[0] == 2 * default[0]
+    train(_cfg(net={**SMALL, "num_classes": 8}, steps=1), loss=Doubled(), progress=False)
+    assert seen == [("check", 0, "vp"), *[((64, 2), None)] * 3, ("check", 8, "vp"), ((64, 2), (64,))]
+
+    class Scalar(Loss):
+        def __call__(self, net, process, x0, labels, *, generator=None):
+            return DSMLoss()(net, process, x0, labels, generator=generator).mean()
+
+    with pytest.raises(ValueError, match=r"per-sample values, shape \(64,\)"):
+        train(_cfg(steps=1), loss=Scalar(), progress=False)
     clf_net = {"name": "mlp_classifier", "num_classes": 8, "width": 8, "depth": 1}
-    train(_cfg(steps=2, checkpoint_every=0), tmp_path / "base", progress=False)
-    for name, cfg in (("dsm_loss", _cfg(steps=2, **ref)), ("classifier_loss", _cfg(net=clf_net, steps=2, **ref)),
-                      ("guided_dsm_classifier_loss", _cfg(net=clf_net, steps=2, classifier_objective="guided_dsm",
-                                                          classifier_base=str(tmp_path / "base"), **ref))):
-        seen, real = [], getattr(train_mod, name)
+    for net, loss, match in ((clf_net, DSMLoss(), "not noise-aware classifiers"),
+                             (SMALL, ClassifierLoss(), "not score")):
+        with pytest.raises(ValueError, match=match):
+            train(_cfg(net=net, steps=1), tmp_path / "refused", loss=loss, progress=False)
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
 
-        def record(*a, _real=real, **kw):
-            seen.append(kw)
-            return _real(*a, **kw)
 
-        setattr(train_mod, name, record)
-        try:
-            train(cfg, progress=False)
-        finally:
-            setattr(train_mod, name, real)
-        assert len(seen) == 2, name
-        for kw in seen:
-            assert kw["reference"].shape == (256, 2) and (kw["widen"], kw["widen_frac"], kw["widen_t_min"]) == \
-                (8.0, 0.5, 0.1), name
-            assert (kw.get("reference_labels") is not None) == (name != "dsm_loss"), name
-    train(_cfg(**ref), tmp_path / "b", progress=False, stop_at=20)
-    rest = train(_cfg(**ref), tmp_path / "b", resume=True, progress=False)
-    assert rest.losses == full.losses[20:]
-    with pytest.raises(ValueError, match="reference_batch must be an integer >= 0, got -1"):
-        _cfg(reference_batch=-1).validate()
-    with pytest.raises(ValueError, match="widen = 4.0 needs reference_batch"):
-        _cfg(widen=4.0).validate()
-    with pytest.raises(ValueError, match="widen must be a finite number >= 1, got 0.5"):
-        _cfg(reference_batch=8, widen=0.5).validate()
-    with pytest.raises(ValueError, match=r"widen_frac must lie in \[0, 1\], got 2"):
-        _cfg(reference_batch=8, widen_frac=2).validate()
-    with pytest.raises(ValueError, match="class-conditional"):
-        train(_cfg(net={**SMALL, "num_classes": 8}, reference_batch=8, steps=1), progress=False)
-    with pytest.raises(ValueError, match="widen_t_min = 1.0 leaves no time"):
-        train(_cfg(reference_batch=8, widen=2.0, widen_t_min=1.0, steps=1), progress=False)
-    common = ["train", "--data", "ring8", "--steps", "3", "--batch", "16", "--width", "8", "--depth", "1",
-              "--no-preview", "--device", str(DEVICE)]
-    assert main([*common, "--widen", "4", "--out", str(tmp_path / "c1")]) != 0
-    assert "needs reference_batch" in capsys.readouterr().err
-    assert main([*common, "--reference-batch", "32", "--widen", "4", "--widen-frac", "0.25", "--widen-t-min", "0.2",
-                 "--out", str(tmp_path / "c2")]) == 0
-    saved = json.loads((tmp_path / "c2" / "config.json").read_text())
-    assert (saved["reference_batch"], saved["widen"], saved["widen_frac"], saved["widen_t_min"]) == (32, 4.0, 0.25, 0.2)
+def test_the_process_is_a_config_and_older_checkpoints_load_as_they_were_meant(tmp_path):
+    """TrainConfig.process holds a process config (a name is stored as its config). A format-1 checkpoint (the
+    process by name, where "ve" was VE(0.01, 10); a network's `output`; the removed reference-target fields) loads
+    with that process and prediction."""
+    assert TrainConfig(process="ve").process == VE().config()
+    assert TrainConfig(process={"name": "ve", "sigma_max": 10.0}).process == VE(0.01, 10.0).config()
+    net = {**SMALL, "prediction": "x0"}
+    train(_cfg(net=net, process={"name": "ve", "sigma_max": 10.0}, steps=2), tmp_path, progress=False)
+    ck = latest_checkpoint(tmp_path)
+    meta = json.loads((ck / "config.json").read_text())
+    new = load_model(tmp_path)
+    meta["format"] = "scoresde-checkpoint-1"
+    meta["config"].update(process="ve", reference_batch=256, widen=4.0, classifier_objective="ce")
+    for cfg in (meta["net"], meta["config"]["net"]):
+        cfg["output"] = cfg.pop("prediction")
+    (ck / "config.json").write_text(json.dumps(meta))
+    old = load_model(tmp_path)
+    assert old.process.config() == VE(0.01, 10.0).config() and old.net.prediction == "x0"
+    assert old.config == new.config
+    x, t = torch.randn(4, 2, device=DEVICE), torch.full((4,), 0.5, device=DEVICE)
+    torch.testing.assert_close(old.score_fn()(x, t), new.score_fn()(x, t), rtol=0, atol=0)

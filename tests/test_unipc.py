@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import toy_data
-from scoresde import VE, VP, count_evals
+from scoresde import VE, VP, CountEvals
 from scoresde.metrics import log_density_gap, sliced_wasserstein
 from scoresde.samplers import ddim, dpm_solver_pp
 from scoresde.samplers.unipc import _exp_lagrange_weights, unipc
@@ -47,7 +47,7 @@ def test_closed_form_weights_match_quadrature(h, k):
 
 
 def test_first_order_predictor_is_ddim():
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     ts = uniform_log_snr(process, 7)
     x = process.prior((100, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     score = target.score_fn(process)
@@ -92,7 +92,7 @@ def _reference_unipc(score, process, x, ts, order=2, corrector=True, final_corre
 ], ids=["default", "predictor", "no_final", "order1", "order3", "order3_lof", "order2p_lof"])
 @pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0)], ids=["vp", "ve"])
 def test_matches_the_step_by_step_reference(process, options, denoise):
-    target = toy_data.aniso()
+    target = toy_data.load("aniso")
     score = target.score_fn(process)
     x = process.prior((50, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
     for ts in (jump_log_snr(process, 8, s1=5.0), uniform_log_snr(process, 2), uniform_log_snr(process, 1)):
@@ -128,7 +128,7 @@ def test_measured_order_of_convergence(order, corrector, ode_problem):
 def test_ring8_at_nfe_10_beats_dpm_solver_pp():
     """At NFE 10 under VP (n = 20000): UniPC on the jump grid -5 se / 0.95 floor, DPM-Solver++(2M) on the
     log-SNR grid -15 se / 1.4 floor."""
-    target, process, n = toy_data.ring8(), VP(), 20000
+    target, process, n = toy_data.load("ring8"), VP(), 20000
     ref = target.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
     x = process.prior((n, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     score = target.score_fn(process)
@@ -137,7 +137,7 @@ def test_ring8_at_nfe_10_beats_dpm_solver_pp():
         ("unipc", unipc, jump_log_snr(process, 9)),
         ("dpm_solver_pp", dpm_solver_pp, uniform_log_snr(process, 9)),
     ]:
-        counted = count_evals(score)
+        counted = CountEvals(score)
         out = sampler(counted, process, x, ts)
         assert counted.nfe == 10
         gap, se = log_density_gap(target.log_prob, out, ref)
@@ -201,9 +201,9 @@ VARIANTS = {
 @pytest.mark.parametrize("steps", [0, 1, 2, 9])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_count_evals_matches_the_documented_nfe(variant, steps, denoise):
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     ts = uniform_log_snr(process, steps)
-    score = count_evals(target.score_fn(process))
+    score = CountEvals(target.score_fn(process))
     x = process.prior((3, 2), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     out = unipc(score, process, x, ts, denoise=denoise, **VARIANTS[variant])
     assert score.nfe == len(ts) - 1 + denoise
@@ -212,7 +212,7 @@ def test_count_evals_matches_the_documented_nfe(variant, steps, denoise):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_same_generator_same_samples_and_float64(variant):
-    target, process = toy_data.ring8(), VE(0.01, 10.0)
+    target, process = toy_data.load("ring8"), VE(0.01, 10.0)
     ts = jump_log_snr(process, 14, s1=5.0)
     outs = []
     for _ in range(2):
@@ -226,7 +226,7 @@ def test_same_generator_same_samples_and_float64(variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch(variant):
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     ts = jump_log_snr(process, 11)
     x = process.prior((12, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     big = unipc(target.score_fn(process), process, x, ts, **VARIANTS[variant])
@@ -235,7 +235,7 @@ def test_a_sample_does_not_depend_on_the_rest_of_the_batch(variant):
 
 
 def test_callback_sees_every_evaluation():
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     ts = uniform_log_snr(process, 6)
     seen = []
     x = process.prior((10, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
@@ -247,7 +247,7 @@ def test_callback_sees_every_evaluation():
 
 
 def test_nan_from_the_score_names_the_step():
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     calls = []
 
     def broken(x, t):
@@ -261,7 +261,7 @@ def test_nan_from_the_score_names_the_step():
 
 
 def test_bad_grids_and_orders():
-    target, process = toy_data.ring8(), VP()
+    target, process = toy_data.load("ring8"), VP()
     score = target.score_fn(process)
     x = process.prior((4, 2), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     with pytest.raises(ValueError, match=r"strictly decreasing; ts\[1\] = 0.3"):

@@ -14,7 +14,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from scoresde._utils import as_time, check_batch_t
 from scoresde.processes import Process
 
 __all__ = ["GaussianMixture"]
@@ -152,8 +151,10 @@ class GaussianMixture:
         if process is None:
             one = x.new_ones(())
             return one, one * 0
-        t = as_time(t, x)
-        check_batch_t(x, t)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.ndim > 1 or (t.ndim == 1 and (x.ndim == 0 or t.shape[0] != x.shape[0])):
+            raise ValueError(f"t must be a scalar or have shape (B,) for x of shape {tuple(x.shape)}; got t of shape "
+                             f"{tuple(t.shape)}")
         if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:
             t = t[:1]  # one time expanded over the batch (as samplers pass it): noise the mixture once
         t = process.check_t(t)

@@ -10,21 +10,7 @@ from torch import Tensor
 
 from .mixture import GaussianMixture
 
-__all__ = [
-    "ring8",
-    "grid25",
-    "aniso",
-    "moons",
-    "swiss_roll",
-    "checkerboard",
-    "rings",
-    "spirals",
-    "pinwheel",
-    "ToySet",
-    "MIXTURES",
-    "REGISTRY",
-    "get",
-]
+__all__ = ["ring8", "grid25", "aniso", "ToySet", "MIXTURES", "SETS"]
 
 
 def ring8(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
@@ -63,7 +49,7 @@ def _n(shape, g: torch.Generator | None, device) -> Tensor:
     return torch.randn(shape, generator=g, device=device, dtype=torch.float64)
 
 
-def moons(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.05) -> Tensor:
+def _moons(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.05) -> Tensor:
     """Two interleaved half circles (as scikit-learn's make_moons), centred and scaled."""
     upper = _u(n, generator, device) < 0.5
     th = _u(n, generator, device) * math.pi
@@ -73,14 +59,14 @@ def moons(n: int, generator: torch.Generator | None = None, device=None, noise: 
     return pts + noise * _n((n, 2), generator, device)
 
 
-def swiss_roll(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.3) -> Tensor:
+def _swiss_roll(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.3) -> Tensor:
     """The 2D swiss roll, scaled to about unit spread."""
     th = 1.5 * math.pi * (1 + 2 * _u(n, generator, device))
     pts = torch.stack([th * th.cos(), th * th.sin()], 1)
     return (pts + noise * _n((n, 2), generator, device)) / 5.0
 
 
-def checkerboard(n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+def _checkerboard(n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     """Uniform on the black squares of a 4 x 4 checkerboard on [-2, 2]²."""
     x1 = _u(n, generator, device) * 4 - 2
     x2 = _u(n, generator, device) - torch.randint(0, 2, (n,), generator=generator, device=device) * 2.0
@@ -88,7 +74,7 @@ def checkerboard(n: int, generator: torch.Generator | None = None, device=None) 
     return torch.stack([x1, x2], 1)
 
 
-def rings(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.04) -> Tensor:
+def _rings(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.04) -> Tensor:
     """Three concentric rings with radii 0.5, 1.25, 2 (points in proportion to circumference)."""
     radii = torch.tensor([0.5, 1.25, 2.0], dtype=torch.float64, device=device)
     which = torch.multinomial(radii, n, replacement=True, generator=generator)
@@ -97,7 +83,7 @@ def rings(n: int, generator: torch.Generator | None = None, device=None, noise: 
     return torch.stack([r * th.cos(), r * th.sin()], 1) + noise * _n((n, 2), generator, device)
 
 
-def spirals(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.05) -> Tensor:
+def _spirals(n: int, generator: torch.Generator | None = None, device=None, noise: float = 0.05) -> Tensor:
     """Two interleaved spirals."""
     s = _u(n, generator, device).sqrt() * 3 * math.pi
     sign = torch.where(_u(n, generator, device) < 0.5, -1.0, 1.0).to(s)
@@ -105,7 +91,7 @@ def spirals(n: int, generator: torch.Generator | None = None, device=None, noise
     return pts + noise * _n((n, 2), generator, device)
 
 
-def pinwheel(n: int, generator: torch.Generator | None = None, device=None, arms: int = 5) -> Tensor:
+def _pinwheel(n: int, generator: torch.Generator | None = None, device=None, arms: int = 5) -> Tensor:
     """Pinwheel with curved arms (Johnson et al. 2016)."""
     k = torch.randint(0, arms, (n,), generator=generator, device=device).double()
     feats = _n((n, 2), generator, device) * torch.tensor([0.3, 0.05], dtype=torch.float64, device=device)
@@ -116,10 +102,11 @@ def pinwheel(n: int, generator: torch.Generator | None = None, device=None, arms
 
 
 class ToySet:
-    """A sample-only distribution with the same sample() signature as GaussianMixture."""
+    """A sample-only 2D distribution with the same sample() signature as GaussianMixture; options (e.g. noise) go
+    to its sampler."""
 
-    def __init__(self, name: str, fn: Callable[..., Tensor]):
-        self.name, self.fn, self.event_shape = name, fn, (2,)
+    def __init__(self, name: str, fn: Callable[..., Tensor], **options):
+        self.name, self.fn, self.options, self.event_shape = name, fn, options, (2,)
 
     def __repr__(self) -> str:
         return f"ToySet({self.name!r})"
@@ -127,26 +114,15 @@ class ToySet:
     def sample(self, n: int, generator=None, device=None, dtype=torch.float32) -> Tensor:
         if generator is not None and device is None:
             device = generator.device
-        return self.fn(n, generator, device).to(dtype)
+        return self.fn(n, generator, device, **self.options).to(dtype)
 
 
-MIXTURES: dict[str, Callable[[], GaussianMixture]] = {"ring8": ring8, "grid25": grid25, "aniso": aniso}
-_SETS = {
-    "moons": moons,
-    "swiss_roll": swiss_roll,
-    "checkerboard": checkerboard,
-    "rings": rings,
-    "spirals": spirals,
-    "pinwheel": pinwheel,
+MIXTURES: dict[str, Callable[..., GaussianMixture]] = {"ring8": ring8, "grid25": grid25, "aniso": aniso}
+SETS: dict[str, Callable[..., Tensor]] = {
+    "moons": _moons,
+    "swiss_roll": _swiss_roll,
+    "checkerboard": _checkerboard,
+    "rings": _rings,
+    "spirals": _spirals,
+    "pinwheel": _pinwheel,
 }
-REGISTRY: dict[str, Callable[[], GaussianMixture | ToySet]] = {
-    **MIXTURES,
-    **{name: (lambda name=name, fn=fn: ToySet(name, fn)) for name, fn in _SETS.items()},
-}
-
-
-def get(name: str) -> GaussianMixture | ToySet:
-    """Look a 2D distribution up by name (for the CLI and benchmarks)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown distribution {name!r}; choose from {', '.join(REGISTRY)}")
-    return REGISTRY[name]()

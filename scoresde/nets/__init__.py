@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from torch import nn
 
 from .embeddings import EMBEDDINGS, SigmaEmbedding
@@ -10,7 +12,7 @@ from .mlp import MLPScoreNet, label_tensor
 from .unet import EncoderClassifier, UNet
 
 __all__ = ["EMBEDDINGS", "SigmaEmbedding", "MLPScoreNet", "MLPClassifier", "label_tensor", "NETS", "build_net",
-           "is_classifier", "UNet", "EncoderClassifier"]
+           "net_config", "is_classifier", "UNet", "EncoderClassifier"]
 
 NETS: dict[str, type[nn.Module]] = {
     "mlp": MLPScoreNet,
@@ -35,3 +37,42 @@ def build_net(config: dict) -> nn.Module:
         return NETS[name](**config)
     except TypeError as e:
         raise ValueError(f"bad configuration for network {name!r}: {e}") from None
+
+
+def net_config(
+    kind: str,
+    event_shape: Sequence[int],
+    *,
+    num_classes: int = 0,
+    sigma_data: float = 1.0,
+    width: int | None = None,
+    depth: int = 3,
+    emb_dim: int = 64,
+    embedding: str = "sinusoidal",
+    prediction: str = "eps",
+    channel_mult: Sequence[int] = (1, 2),
+    num_res_blocks: int = 1,
+) -> dict:
+    """The build_net config of a `kind` network sized to data of `event_shape`: "mlp" (vectors), "unet" (square
+    images (C, H, W)) or "classifier" (noise-aware, vectors; num_classes >= 2). width is the MLP's width (default
+    128) or the UNet's base channels (default 32); num_classes > 0 makes a score network class-conditional."""
+    shape = tuple(event_shape)
+    common = {"emb_dim": emb_dim, "embedding": embedding, "sigma_data": sigma_data}
+    if kind in ("mlp", "classifier") and len(shape) != 1:
+        hint = ": images take --net unet" if len(shape) == 3 else ""
+        raise ValueError(f"the {kind} network takes vectors; the data has event shape {shape}{hint}")
+    if kind == "classifier":
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs labelled data (num_classes >= 2), got num_classes = {num_classes}")
+        return {"name": "mlp_classifier", "dim": shape[0], "num_classes": num_classes, "width": width or 128,
+                "depth": depth, **common}
+    if kind == "mlp":
+        return {"name": "mlp", "dim": shape[0], "width": width or 128, "depth": depth, "prediction": prediction,
+                "num_classes": num_classes, **common}
+    if kind == "unet":
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ValueError(f"the unet network takes square images (C, H, W); the data has event shape {shape}")
+        return {"name": "unet", "in_channels": shape[0], "image_size": shape[1], "channels": width or 32,
+                "channel_mult": list(channel_mult), "num_res_blocks": num_res_blocks, "prediction": prediction,
+                "num_classes": num_classes, **common}
+    raise ValueError(f"unknown network {kind!r}; choose mlp, unet or classifier")

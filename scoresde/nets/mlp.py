@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..score import PREDICTIONS
+from ..score import check_prediction
 from .embeddings import SigmaEmbedding
 
 __all__ = ["MLPScoreNet", "label_tensor"]
@@ -28,8 +28,8 @@ class MLPScoreNet(nn.Module):
     """Residual MLP conditioned on log sigma (and optionally a class label) at every layer.
 
     The input is scaled by c_in = 1 / sqrt(sigma_data² + sigma²) (EDM), so it stays near unit variance at every
-    noise level; `output` names what the last layer predicts, and `score.score_from_prediction(net, process,
-    net.output)` turns it into a ScoreFn. With `num_classes` = K the labels 0..K-1 get learned embeddings and
+    noise level; `prediction` names what the last layer predicts, and `score.score_from(net, process,
+    net.prediction)` turns it into a ScoreFn. With `num_classes` = K the labels 0..K-1 get learned embeddings and
     label K is the null label (classifier-free guidance); `labels=None` means the null label.
     """
 
@@ -40,13 +40,12 @@ class MLPScoreNet(nn.Module):
         depth: int = 3,
         emb_dim: int = 64,
         embedding: str = "sinusoidal",
-        output: str = "eps",
+        prediction: str = "eps",
         num_classes: int = 0,
         sigma_data: float = 1.0,
     ):
         super().__init__()
-        if output not in PREDICTIONS:
-            raise ValueError(f"unknown network output {output!r}; choose from {', '.join(PREDICTIONS)}")
+        check_prediction(prediction)
         for name, v in (("dim", dim), ("width", width), ("depth", depth)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v!r}")
@@ -54,7 +53,7 @@ class MLPScoreNet(nn.Module):
             raise ValueError(f"num_classes must be >= 0, got {num_classes!r}")
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data!r}")
-        self.dim, self.width, self.depth, self.output = dim, width, depth, output
+        self.dim, self.width, self.depth, self.prediction = dim, width, depth, prediction
         self.num_classes, self.sigma_data = num_classes, float(sigma_data)
         self.event_shape = (dim,)
         self.embed = SigmaEmbedding(emb_dim, embedding)
@@ -66,7 +65,7 @@ class MLPScoreNet(nn.Module):
         self.out = nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self._config = dict(dim=dim, width=width, depth=depth, emb_dim=emb_dim, embedding=embedding, output=output,
+        self._config = dict(dim=dim, width=width, depth=depth, emb_dim=emb_dim, embedding=embedding, prediction=prediction,
                             num_classes=num_classes, sigma_data=float(sigma_data))
 
     def config(self) -> dict:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..score import PREDICTIONS
+from ..score import check_prediction
 from .embeddings import SigmaEmbedding
 from .mlp import label_tensor
 
@@ -221,21 +221,20 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         emb_dim: int = 64,
         embedding: str = "sinusoidal",
-        output: str = "eps",
+        prediction: str = "eps",
         num_classes: int = 0,
         sigma_data: float = 0.5,
         groups: int = 8,
         scale_shift: bool = True,
     ):
         super().__init__()
-        if output not in PREDICTIONS:
-            raise ValueError(f"unknown network output {output!r}; choose from {', '.join(PREDICTIONS)}")
+        check_prediction(prediction)
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         channel_mult = tuple(channel_mult)
         self.trunk = _Trunk(in_channels, image_size, channels, channel_mult, num_res_blocks, attention_resolutions,
                             num_heads, head_dim, dropout, emb_dim, embedding, sigma_data, groups, scale_shift)
-        self.in_channels, self.image_size, self.output = in_channels, image_size, output
+        self.in_channels, self.image_size, self.prediction = in_channels, image_size, prediction
         self.event_shape = (in_channels, image_size, image_size)
         self.num_classes, self.sigma_data = num_classes, float(sigma_data)
         self.label_embed = nn.Embedding(num_classes + 1, self.trunk.emb_ch) if num_classes else None
@@ -252,7 +251,7 @@ class UNet(nn.Module):
         self._config = _json_config(
             in_channels=in_channels, image_size=image_size, channels=channels, channel_mult=channel_mult,
             num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions, num_heads=num_heads,
-            head_dim=head_dim, dropout=dropout, emb_dim=emb_dim, embedding=embedding, output=output,
+            head_dim=head_dim, dropout=dropout, emb_dim=emb_dim, embedding=embedding, prediction=prediction,
             num_classes=num_classes, sigma_data=sigma_data, groups=groups, scale_shift=scale_shift)
 
     def config(self) -> dict:

@@ -1,4 +1,5 @@
-"""What every sampler shares: grid preparation, noise, the non-finite check, progress and callbacks.
+"""What every sampler shares: grid preparation, noise, the non-finite check, progress and callbacks, and the one
+probability-flow drift and ODE solver wrapper (the PF-ODE sampler, the pilot of tuning.py and likelihood.py use it).
 
 A sampler precomputes its per-step coefficients as Python floats from the CPU float64 grid, so a step is a few
 fused tensor operations with no host-device synchronisation; the only synchronisation is one check at the end.
@@ -6,15 +7,19 @@ fused tensor operations with no host-device synchronisation; the only synchronis
 
 from __future__ import annotations
 
-import sys
-from typing import Callable, Iterable, NamedTuple
+import math
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
+from .._utils import progress_range  # noqa: F401  (re-exported for the samplers)
 from ..processes import Process
 from ..schedules import check_grid
 from ..score import tweedie
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_METHODS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}  # score evaluations per step
 
 NoiseFn = Callable[[int, Tensor], Tensor]
 Callback = Callable[[dict], None]
@@ -78,15 +83,39 @@ class FiniteCheck:
             raise ValueError(f"the score returned NaN or inf at step {step} (t = {t:.6g}, evaluation {k + 1})")
 
 
-def steps(n: int, progress: bool | None, desc: str) -> Iterable[int]:
-    """range(n), with a progress bar when asked for or when stderr is a terminal."""
-    if progress is None:
-        progress = sys.stderr.isatty() and n >= 50
-    if not progress:
-        return range(n)
-    from tqdm.auto import tqdm
+def pf_drift(process: Process, t: Tensor, y: Tensor, score: Tensor) -> Tensor:
+    """The probability-flow ODE's drift f(t) y - ½ g(t)² score (Song et al. 2021, eq. 13) at a scalar time t."""
+    return process.f(t) * y - (0.5 * process.g2(t)) * score
 
-    return tqdm(range(n), desc=desc, leave=False)
+
+def check_ode_method(method: str, rtol: float, atol: float, dtype: torch.dtype) -> None:
+    """Raise ValueError for an unknown method, or an adaptive tolerance below what dtype can resolve."""
+    if method in FIXED_METHODS:
+        return
+    if method not in ADAPTIVE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; expected one of {ADAPTIVE_METHODS + tuple(FIXED_METHODS)}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {tol!r}")
+    eps = torch.finfo(dtype).eps
+    if rtol < eps:
+        raise ValueError(f"rtol = {rtol!r} is below {dtype}'s precision ({eps:.3g}): the solver cannot reach it "
+                         "(it would take many more steps and stop short); use float64 or a larger rtol")
+
+
+def odeint(fn: Callable, y0, ts: Tensor, *, method: str, rtol: float = 1e-5, atol: float = 1e-5):
+    """torchdiffeq.odeint of dy/dt = fn(t, y) through the CPU float64 times ts (adaptive methods: only the ends
+    are steps; the solution comes back at every time). fn sees t clamped to the range of ts (an adaptive step may
+    overshoot it) and as a tensor on y's device; y0 is a tensor or a tuple of tensors."""
+    import torchdiffeq
+
+    first = y0[0] if isinstance(y0, tuple) else y0
+    lo, hi = float(ts.min()), float(ts.max())
+    opts: dict = dict(method=method)
+    if method not in FIXED_METHODS:  # an explicit first step: torchdiffeq's own guess can probe far outside [lo, hi]
+        opts.update(rtol=rtol, atol=atol, options=dict(first_step=(hi - lo) * 1e-3))
+    tt = ts.to(device=first.device, dtype=first.dtype)
+    return torchdiffeq.odeint(lambda t, y: fn(t.clamp(lo, hi), y), y0, tt, **opts)
 
 
 def report(callback: Callback | None, i: int, t: float, x: Tensor, score: Tensor, alpha: float, sigma: float) -> None:
@@ -103,6 +132,14 @@ def final_denoise(score, x: Tensor, grid: Grid, check: FiniteCheck, k: int, call
     check(k, s, n, t)
     report(callback, n, t, x, s, grid.alpha[n], grid.sigma[n])
     return tweedie(x, s, grid.alpha[n], grid.sigma[n])
+
+
+def finish(score, x: Tensor, grid: Grid, check: FiniteCheck, k: int, callback: Callback | None, denoise: bool) -> Tensor:
+    """End of a sampling loop: Tweedie's x0 at ts[-1] if denoise (evaluation k), then the one finiteness check."""
+    if denoise:
+        x = final_denoise(score, x, grid, check, k, callback)
+    check.raise_if_bad()
+    return x
 
 
 def first_order_loop(
@@ -126,14 +163,11 @@ def first_order_loop(
     n = len(grid.ts) - 1
     times = grid.ts.tolist()
     check = FiniteCheck(x, n + int(denoise))
-    for i in steps(n, progress, desc):
+    for i in progress_range(n, progress, desc):
         s = score(x, grid.t[i])
         check(i, s, i, times[i])
         report(callback, i, times[i], x, s, grid.alpha[i], grid.sigma[i])
         x = x.mul(A[i]).add_(s, alpha=B[i])
         if C[i] != 0:
             x.add_(draw(i, x), alpha=C[i])
-    if denoise:
-        x = final_denoise(score, x, grid, check, n, callback)
-    check.raise_if_bad()
-    return x
+    return finish(score, x, grid, check, n, callback, denoise)

@@ -10,33 +10,17 @@ from torch import Tensor
 
 from ..processes import Process
 from ..score import ScoreFn, tweedie
-from ._common import (
-    Callback,
-    FiniteCheck,
-    NoiseFn,
-    final_denoise,
-    first_order_loop,
-    noise_source,
-    prepare,
-    report,
-    steps,
-)
+from ._common import (FIXED_METHODS, Callback, FiniteCheck, NoiseFn, check_ode_method, final_denoise, finish,
+                      first_order_loop, noise_source, odeint, pf_drift, prepare, progress_range, report)
 
 __all__ = ["ddim", "dpm_solver_pp", "heun", "euler", "probability_flow"]
 
 
 def ddim(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12): x_s = alpha_s x0 + sqrt(sigma_s² - c²) eps + c z, c = eta * posterior std.
 
@@ -95,18 +79,11 @@ def _dpmpp_coefficients(lam: list, alpha: list, sigma: list, order: int, lower_o
 
 
 def dpm_solver_pp(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
     order: int = 2,
     lower_order_final: bool = True,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), or (3M) with order=3, in lambda = log(alpha / sigma).
 
@@ -122,7 +99,7 @@ def dpm_solver_pp(
     times = g.ts.tolist()
     check = FiniteCheck(x, n + int(denoise))
     d1 = d2 = None  # the previous two data predictions
-    for i in steps(n, progress, "dpm_solver_pp"):
+    for i in progress_range(n, progress, "dpm_solver_pp"):
         s = score(x, g.t[i])
         check(i, s, i, times[i])
         report(callback, i, times[i], x, s, g.alpha[i], g.sigma[i])
@@ -134,18 +111,11 @@ def dpm_solver_pp(
         if b2 != 0:
             x.add_(d2, alpha=b2)
         d1, d2 = d0, d1
-    if denoise:
-        x = final_denoise(score, x, g, check, n, callback)
-    check.raise_if_bad()
-    return x
+    return finish(score, x, g, check, n, callback, denoise)
 
 
 def _edm(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
     second_order: bool,
     s_churn: float,
     s_tmin: float,
@@ -182,7 +152,7 @@ def _edm(
     check = FiniteCheck(x, n * (2 if second_order else 1) + int(denoise))
     k = 0
     y = x / g.alpha[0]
-    for i in steps(n, progress, desc):
+    for i in progress_range(n, progress, desc):
         if churned[i]:
             y = y + (s_noise * math.sqrt(sig_hat[i] ** 2 - sig[i] ** 2)) * draw(i, y)
             a_i, s_i, t_i, tv = a_hat[i], s_hat[i], t_hat[i], float(t_hat_cpu[i])
@@ -203,27 +173,14 @@ def _edm(
         k += 1
         y = y.add(s, alpha=-0.5 * s_i * dt).add_(s2, alpha=-0.5 * g.sigma[i + 1] * dt)
     x = y * g.alpha[n]
-    if denoise:
-        x = final_denoise(score, x, g, check, k, callback)
-    check.raise_if_bad()
-    return x
+    return finish(score, x, g, check, k, callback, denoise)
 
 
 def heun(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
+    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """EDM's second-order Heun sampler (Karras et al. 2022, Algorithm 2), with optional churn.
 
@@ -235,20 +192,10 @@ def heun(
 
 
 def euler(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
+    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """EDM's first-order sampler: Euler in sigma/alpha (equal to DDIM without churn). NFE = len(ts) - 1 + denoise."""
     return _edm(score, process, x, ts, second_order=False, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
@@ -257,54 +204,36 @@ def euler(
 
 
 def probability_flow(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    method: str = "dopri5",
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
+    method: str = "rk4",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """The probability-flow ODE dx/dt = f x - ½ g² score (Song et al. 2021), solved by torchdiffeq.
 
-    Adaptive methods (dopri5, ...) integrate from ts[0] to ts[-1] with rtol/atol; fixed-step methods (euler,
-    midpoint, rk4) take one step per grid interval. NFE is what the solver spends (fixed: stages x steps) + denoise.
+    Fixed-step methods (euler, midpoint, heun2, heun3, rk4) take one step per grid interval; adaptive methods
+    (dopri5, ...) integrate from ts[0] to ts[-1] with rtol/atol (refused below x's dtype precision).
+    NFE = stages x steps (fixed) or what the solver spends (adaptive), + denoise.
     """
-    import torchdiffeq
-
-    fixed = {"euler": 1, "midpoint": 2, "rk4": 4, "explicit_adams": 1, "implicit_adams": 1}
-    if method not in fixed and method not in ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "tsit5"):
-        raise ValueError(f"unknown ODE method {method!r}")
+    check_ode_method(method, rtol, atol, x.dtype)
     g = prepare(process, x, ts)
     n = len(g.ts) - 1
-    shape, b = x.shape, x.shape[0]
-    lo, hi = float(g.ts[-1]), float(g.ts[0])
+    b = x.shape[0]
     sums: list = []
 
     def drift(t: Tensor, y: Tensor) -> Tensor:
-        # f and g² stay on the device: no host synchronisation per evaluation (the grid was checked above).
-        # Adaptive steps may overshoot the end of the interval; the drift there is taken at the end time.
-        t = t.clamp(lo, hi)
+        # f and g² stay on the device: no host synchronisation per evaluation (the grid was checked above)
         s = score(y, t.expand(b))
         sums.append(s.sum())
-        f, g2 = process._f(t), process._g2(t)
         if callback is not None:
-            report(callback, len(sums) - 1, float(t), y, s, float(process._alpha(t)), float(process._sigma(t)))
-        return f * y - (0.5 * g2) * s
+            report(callback, len(sums) - 1, float(t), y, s, float(process.alpha(t)), float(process.sigma(t)))
+        return pf_drift(process, t, y, s)
 
     if n > 0:
-        grid = g.ts if method in fixed else g.ts[[0, -1]]
-        tt = grid.to(device=x.device, dtype=x.dtype)
-        opts = dict(method=method)
-        if method not in fixed:  # an explicit first step: torchdiffeq's own guess can probe far outside [t_min, t_max]
-            opts.update(rtol=rtol, atol=atol, options=dict(first_step=(hi - lo) * 1e-3))
-        x = torchdiffeq.odeint(drift, x, tt, **opts)[-1].reshape(shape)
+        x = odeint(drift, x, g.ts if method in FIXED_METHODS else g.ts[[0, -1]], method=method, rtol=rtol,
+                   atol=atol)[-1]
     if sums:
         bad = ~torch.isfinite(torch.stack(sums))
         if bool(bad.any()):

@@ -9,33 +9,17 @@ from torch import Tensor
 
 from ..processes import Process
 from ..score import ScoreFn
-from ._common import (
-    Callback,
-    FiniteCheck,
-    NoiseFn,
-    final_denoise,
-    first_order_loop,
-    noise_source,
-    prepare,
-    report,
-    steps,
-)
+from ._common import (Callback, FiniteCheck, NoiseFn, finish, first_order_loop, noise_source, prepare,
+                      progress_range, report)
 
-__all__ = ["ancestral", "analytic_x0_var", "euler_maruyama", "predictor_corrector"]
+__all__ = ["ancestral", "euler_maruyama", "predictor_corrector"]
 
 
 def ancestral(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
     x0_var: Sequence[float] | Tensor | None = None,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2): x_s ~ q(x_s | x_t, x0 = Tweedie's estimate).
 
@@ -63,68 +47,6 @@ def ancestral(
     )
 
 
-def analytic_x0_var(
-    score: ScoreFn, process: Process, ts: Tensor, x: Tensor, *, rtol: float | None = None, atol: float | None = None
-) -> Tensor:
-    """Analytic-DPM's x0 variance (Bao et al. 2022) at the times ts[:-1], from a pilot batch and the score only.
-
-    v_t = E tr Cov[x0 | x_t] / d over x_t ~ p_t, where the paper averages over noised training data, here x_t comes
-    from the probability-flow ODE started at the pilot prior samples x (dopri5 to rtol/atol: 1e-6 in float64, 1e-4
-    otherwise), whose marginals are the model's own p_t; no data is needed. Two estimates of v_t, combined with
-    inverse-variance weights (each is noisy where the other is not): (sigma²/alpha²)(1 - sigma² E||score||² / d),
-    Tweedie's second-order formula with the Fisher identity (the paper's; accurate at low noise), and
-    (tr Cov[x0] - tr Cov[x0_hat(x_t)]) / d, the law of total variance with Tweedie's x0_hat (accurate at high
-    noise, where the first is a small difference of large terms). Clipped to [0, sigma²/alpha²] as in the paper.
-    Cost: one ODE solve and len(ts) score evaluations on the pilot batch, once per model and grid. CPU float64.
-    """
-    import torchdiffeq
-
-    g = prepare(process, x, ts)
-    n = len(g.ts) - 1
-    if n == 0:
-        return torch.zeros(0, dtype=torch.float64)
-    tol = 1e-6 if x.dtype == torch.float64 else 1e-4
-    rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
-    b, lo, hi = x.shape[0], float(g.ts[-1]), float(g.ts[0])
-    if b < 2:
-        raise ValueError(f"the pilot batch needs at least 2 samples, got {b}")
-
-    evals = [0]
-
-    def drift(t: Tensor, y: Tensor) -> Tensor:
-        t = t.clamp(lo, hi)
-        s = score(y, t.expand(b))
-        evals[0] += 1
-        if not bool(torch.isfinite(s).all()):  # a pilot, not a sampling loop: a host sync per evaluation is fine
-            raise ValueError(f"the score returned NaN or inf at ODE evaluation {evals[0]} of the pilot batch "
-                             f"(t = {float(t):.6g})")
-        return process._f(t) * y - (0.5 * process._g2(t)) * s
-
-    tt = g.ts.to(device=x.device, dtype=x.dtype)
-    xs = torchdiffeq.odeint(drift, x, tt, method="dopri5", rtol=rtol, atol=atol,
-                            options=dict(first_step=(hi - lo) * 1e-3)).unbind(0)
-    d = x[0].numel()
-    u, x0 = [], []  # per pilot and time: (sigma²/alpha²)(1 - sigma² ||score||² / d), and Tweedie's x0
-    for i in range(n + 1):
-        s = score(xs[i], g.t[i]).detach().double().flatten(1)
-        a, sig = g.alpha[i], g.sigma[i]
-        u.append((sig / a) ** 2 * (1 - sig**2 * s.pow(2).sum(1) / d))
-        x0.append((xs[i].detach().double().flatten(1) + sig**2 * s) / a)
-    u, x0 = torch.stack(u).cpu(), torch.stack(x0).cpu()  # (n + 1, b), (n + 1, b, d)
-    if not (bool(torch.isfinite(u).all()) and bool(torch.isfinite(x0).all())):
-        k = int((~torch.isfinite(u)).any(1).nonzero()[0]) if not bool(torch.isfinite(u).all()) else 0
-        raise ValueError(f"the score returned NaN or inf on the pilot batch at t = {float(g.ts[k]):.6g}")
-    v1, se1 = u.mean(1), u.std(1) / b**0.5
-    # Cov[x0] from the ODE's end (Tweedie's x0 there, plus its own small posterior variance v1[n])
-    sq = (x0 - x0.mean(1, keepdim=True)).pow(2).sum(2) / d  # (n + 1, b)
-    w = sq[n] + v1[n] - sq  # per pilot, paired through its trajectory
-    v2, se2 = w.mean(1), w.std(1) / b**0.5
-    p1, p2 = 1 / se1.square().clamp_min(1e-300), 1 / se2.square().clamp_min(1e-300)
-    v = ((p1 * v1 + p2 * v2) / (p1 + p2))[:n]
-    r2 = (torch.tensor(g.sigma[:n], dtype=torch.float64) / torch.tensor(g.alpha[:n], dtype=torch.float64)) ** 2
-    return v.clamp(min=0).minimum(r2)
-
-
 def _em_coefficients(process: Process, ts: Tensor) -> tuple[list, list, list]:
     """Per step (A, B, C) of x_s = A x + B score + C z: Euler-Maruyama on the reverse SDE from t to s < t."""
     t_ = ts[:-1]
@@ -134,16 +56,9 @@ def _em_coefficients(process: Process, ts: Tensor) -> tuple[list, list, list]:
 
 
 def euler_maruyama(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse SDE dx = [f x - g² score] dt + g dw (Song et al. 2021). NFE = len(ts) - 1 + denoise."""
     g = prepare(process, x, ts)
@@ -155,19 +70,12 @@ def euler_maruyama(
 
 
 def predictor_corrector(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
     predictor: str = "reverse_diffusion",
-    corrector_steps: int = 1,
+    langevin_steps: int = 1,
     snr: float = 0.16,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 1-2).
 
@@ -175,12 +83,12 @@ def predictor_corrector(
     Corrector: Langevin steps at the new time s with step 2 a (snr |z| / |score|)², a = alpha_ts², norms per
     sample (never averaged over the batch). In low dimensions that ratio is heavy-tailed (|score| ~ 0 at a mode),
     so each sample's step is capped at sigma(s)², stable for any density whose components have variance >= sigma².
-    NFE = (len(ts) - 1)(1 + corrector_steps) + denoise.
+    NFE = (len(ts) - 1)(1 + langevin_steps) + denoise.
     """
     if predictor not in ("reverse_diffusion", "euler_maruyama"):
         raise ValueError(f"unknown predictor {predictor!r}; choose 'reverse_diffusion' or 'euler_maruyama'")
-    if not isinstance(corrector_steps, int) or corrector_steps < 0:
-        raise ValueError(f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
+    if not isinstance(langevin_steps, int) or langevin_steps < 0:
+        raise ValueError(f"langevin_steps must be a non-negative integer, got {langevin_steps!r}")
     if not snr > 0:
         raise ValueError(f"snr must be positive, got {snr!r}")
     g = prepare(process, x, ts)
@@ -195,16 +103,16 @@ def predictor_corrector(
     draw = noise_source(generator, noise)
     n = len(g.ts) - 1
     times = g.ts.tolist()
-    check = FiniteCheck(x, n * (1 + corrector_steps) + int(denoise))
+    check = FiniteCheck(x, n * (1 + langevin_steps) + int(denoise))
     k = d = 0  # score evaluations, noise draws
-    for i in steps(n, progress, "predictor_corrector"):
+    for i in progress_range(n, progress, "predictor_corrector"):
         s = score(x, g.t[i])
         check(k, s, i, times[i])
         k += 1
         report(callback, i, times[i], x, s, g.alpha[i], g.sigma[i])
         x = x.mul(A[i]).add_(s, alpha=B[i]).add_(draw(d, x), alpha=C[i])
         d += 1
-        for _ in range(corrector_steps):
+        for _ in range(langevin_steps):
             s = score(x, g.t[i + 1])
             check(k, s, i, times[i + 1])
             k += 1
@@ -214,7 +122,4 @@ def predictor_corrector(
             step = ((2 * a_corr[i] * snr**2) * ratio**2).clamp_max(max_step[i])
             step = step.reshape((-1,) + (1,) * (x.ndim - 1))
             x = x + step * s + (2 * step).sqrt() * z
-    if denoise:
-        x = final_denoise(score, x, g, check, k, callback)
-    check.raise_if_bad()
-    return x
+    return finish(score, x, g, check, k, callback, denoise)

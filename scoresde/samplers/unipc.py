@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..processes import Process
 from ..score import ScoreFn, tweedie
-from ._common import Callback, FiniteCheck, NoiseFn, prepare, report, steps
+from ._common import Callback, FiniteCheck, NoiseFn, prepare, report, progress_range
 
 __all__ = ["unipc"]
 
@@ -92,20 +92,13 @@ def _combine(x: Tensor, a: float, b: list, ds: list) -> Tensor:
 
 
 def unipc(
-    score: ScoreFn,
-    process: Process,
-    x: Tensor,
-    ts: Tensor,
-    *,
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
     order: int = 2,
     corrector: bool = True,
     final_correction: bool = True,
     lower_order_final: bool = False,
-    callback: Callback | None = None,
-    denoise: bool = True,
-    progress: bool | None = None,
-    generator: torch.Generator | None = None,
-    noise: NoiseFn | None = None,
+    generator: torch.Generator | None = None, noise: NoiseFn | None = None,
+    callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """UniPC (Zhao et al. 2023): exponential Adams-Bashforth predictor, Adams-Moulton corrector on D in lambda."""
     # Predictor: x_{i+1} = (sigma_{i+1} / sigma_i) x_i + alpha_{i+1} sum_j w_j D_{i-j}, the last `order` data
@@ -127,7 +120,7 @@ def unipc(
     check = FiniteCheck(x, n + int(denoise))
     ds: list = []  # D_i, D_{i-1}, ..., most recent first: at most order + 1
     x_prev = x
-    for i in steps(n, progress, "unipc"):
+    for i in progress_range(n, progress, "unipc"):
         s = score(x, g.t[i])
         check(i, s, i, times[i])
         report(callback, i, times[i], x, s, g.alpha[i], g.sigma[i])

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .metrics import frechet_distance
+from ..metrics import frechet_distance
 
 __all__ = [
     "DigitsClassifier",
@@ -188,15 +188,17 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
     Returns {"accuracy" (conditional models only), "fd", "fd_floor", "fd_ratio", "classifier_test_accuracy",
     "n", "nfe", "seconds"}; fd_floor is the Fréchet distance of n real train digits to the same test digits.
     """
-    from . import guidance
-    from .samplers import get_sampler
-    from .score import count_evals
+    from .. import guidance
+    from ..samplers.registry import get_sampler
+    from ..score import CountEvals
     from toy_data.images import get_images
 
     if tuple(model.event_shape) != (1, 8, 8):
         raise ValueError(f"evaluate measures 8 x 8 digits; this model makes images of shape {model.event_shape}")
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
+    if model.num_classes == 0 and w != 1:
+        raise ValueError(f"w = {w} is classifier-free guidance; it needs a class-conditional model")
     classifier = load_digits_classifier() if classifier is None else classifier
     spec = get_sampler(sampler)
     process = model.process
@@ -211,10 +213,10 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
         labels = None
         if conditional:
             labels = torch.arange(start, start + b, device=model.device) % model.num_classes
-            nets = [count_evals(model.score_fn(labels))] + ([count_evals(model.score_fn(None))] if w != 1 else [])
+            nets = [CountEvals(model.score_fn(labels))] + ([CountEvals(model.score_fn(None))] if w != 1 else [])
             score = nets[0] if w == 1 else guidance.classifier_free(nets[0], nets[1], w)
         else:
-            nets = [count_evals(model.score_fn())]
+            nets = [CountEvals(model.score_fn())]
             score = nets[0]
         xs.append(spec(score, process, x, ts, generator=g if model.device.type == "cpu" else None,
                        progress=False).cpu())

@@ -1,0 +1,10 @@
+"""Measuring samplers and models: the sampler x NFE harness (compare), the digits metrics (digits), held-out NLL
+(nll) and samples of trained models (samples)."""
+
+from .compare import Comparison, compare, save, trajectories
+from .digits import evaluate_digits, load_digits_classifier
+from .nll import evaluate_nll
+from .samples import guided_score_for, preview, sample_model
+
+__all__ = ["Comparison", "compare", "save", "trajectories", "evaluate_digits", "load_digits_classifier",
+           "evaluate_nll", "preview", "sample_model", "guided_score_for"]

@@ -1,0 +1,226 @@
+"""Pilot-batch tuning from the score alone: optimised time grids and Analytic-DPM's reverse variance.
+
+Both draw a pilot batch of prior samples with PILOT_SEED (independent of the samples being evaluated) and solve the
+probability-flow ODE from it; only the score is used, so learned models are tuned as exact ones are.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..processes import Process
+from ..schedules import check_grid, jump_log_snr, karras, uniform_log_snr, uniform_t
+from ..score import ScoreFn
+from ._common import odeint, pf_drift, prepare
+from .ode import probability_flow
+from .sde import ancestral
+
+__all__ = ["optimized", "analytic_x0_var", "ancestral_analytic", "pilot_batch", "PILOT_SEED"]
+
+
+PILOT_SEED = 987_654_321  # the seed of every pilot batch; no benchmark or CLI run draws samples with it
+
+
+def _grid_from_increments(process: Process, lam_ends: tuple, logits) -> Tensor:
+    """Times at log-SNR lam_0 + (lam_n - lam_0) * cumsum(softmax([0, logits])): decreasing t for any logits."""
+    w = torch.cat([torch.zeros(1, dtype=torch.float64), torch.as_tensor(logits, dtype=torch.float64)])
+    c = torch.cat([torch.zeros(1, dtype=torch.float64), torch.softmax(w, 0).cumsum(0)])
+    ts = process.t_from_log_snr(lam_ends[0] + (lam_ends[1] - lam_ends[0]) * c)
+    ts[0], ts[-1] = process.t_max, process.t_min
+    return ts
+
+
+def optimized(
+    process: Process,
+    steps: int,
+    score: ScoreFn,
+    sampler: Callable,
+    x: Tensor | Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    inits: Sequence[Callable] = (uniform_log_snr, jump_log_snr, karras, uniform_t),
+    max_evals: int = 2000,
+    step: float = 0.3,
+    huber: float = 0.9,
+    rtol: float | None = None,
+    atol: float | None = None,
+    **sampler_options,
+) -> Tensor:
+    """`steps` steps placed to minimise a deterministic sampler's error on a pilot batch (optimised time steps).
+
+    The reference is the probability-flow ODE from the pilot prior samples x (or a shape to draw them from
+    `process.prior` with `generator`), solved by dopri5 to rtol/atol (1e-9 in float64, 1e-5 otherwise), then
+    Tweedie's x0 at t_min, as every sampler ends. The interior times, parametrised by log-SNR increments, minimise
+    the log of the mean Huber loss of ||sampler(x, ts) - reference||² (quadratic up to the `huber` quantile of the
+    first applicable init grid's squared errors, so that pilots that cross between modes do not dominate) by
+    Nelder-Mead (first simplex: each log increment moved by `step`), started from the best of the `inits` grids;
+    in the spirit of Xue et al. 2024 ("Accelerating diffusion sampling with optimized time steps") and Sabour et
+    al. 2024 ("Align Your Steps"). Only `score` is used, so it serves learned models as well as exact ones. Cost:
+    one ODE solve plus about max_evals sampler runs (max_evals * NFE score evaluations) on the pilot batch. Draw
+    the pilot batch independently of the samples you evaluate. A ValueError from the sampler on the first init
+    grid (bad sampler_options, a non-finite score) is raised; later ones mark a grid as infeasible.
+    """
+    _check_options(steps, sampler, max_evals, huber, step, inits)
+    if not isinstance(x, Tensor):
+        x = process.prior(tuple(x), generator=generator, dtype=torch.float64)
+    if steps < 2:  # no interior time to place
+        return uniform_log_snr(process, steps)
+    lam_ends = tuple(process.log_snr(torch.tensor([process.t_max, process.t_min], dtype=torch.float64)).tolist())
+    tol = 1e-9 if x.dtype == torch.float64 else 1e-5
+    ref = probability_flow(score, process, x, uniform_log_snr(process, 1), method="dopri5",
+                           rtol=tol if rtol is None else rtol, atol=tol if atol is None else atol)
+    dims = tuple(range(1, x.ndim))
+    if "progress" in inspect.signature(sampler).parameters:  # no bar per pilot run (there are ~max_evals of them)
+        sampler_options = {"progress": False, **sampler_options}
+
+    def errors(logits, strict: bool = False) -> Tensor | None:
+        ts = _grid_from_increments(process, lam_ends, logits)
+        try:
+            out = sampler(score, process, x, ts, **sampler_options)
+        except ValueError:  # a grid collapsed by round-off (times not strictly decreasing)
+            if strict:
+                raise
+            return None
+        return ((out - ref) ** 2).sum(dims)
+
+    def loss(logits, e: Tensor | None = None) -> float:
+        # Huber in the distance: squared below sqrt(c), linear above, so that the few pilots whose trajectories
+        # cross between modes (and move by the modes' spacing) do not outweigh the bulk
+        e = errors(logits) if e is None else e
+        if e is None:
+            return math.inf
+        v = float(torch.where(e < c, e, 2 * (c * e).sqrt() - c).mean())
+        return math.log(max(v, 1e-300)) if math.isfinite(v) else math.inf
+
+    starts, c = [], None
+    for grid in inits:
+        try:
+            lam = process.log_snr(grid(process, steps))
+        except ValueError:  # e.g. ddpm on a continuous process
+            continue
+        d = (lam[1:] - lam[:-1]).clamp_min(1e-12)
+        logits = torch.log(d[1:] / d[0]).numpy()
+        e = None
+        if c is None:  # the scale of the Huber loss: a quantile of the first grid's squared errors
+            e = errors(logits, strict=True)  # a valid grid: an error here is the sampler's or the score's
+            finite = e[torch.isfinite(e)]
+            c = float(finite.quantile(huber)) if finite.numel() else 0.0
+            c = c if c > 0 else math.inf
+        starts.append((loss(logits, e), grid.__name__, logits))
+    if not starts:
+        raise ValueError(f"none of the initial grids {[g.__name__ for g in inits]} applies to {process!r}")
+    best, _, logits = min(starts, key=lambda s: s[0])
+    if max_evals > len(starts):
+        logits = _nelder_mead(loss, logits, best, max_evals - len(starts), step)
+    return check_grid(process, _grid_from_increments(process, lam_ends, logits))
+
+
+def _check_options(steps, sampler, max_evals, huber, step, inits) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"the number of steps must be a non-negative integer, got {steps!r}")
+    if not callable(sampler):
+        raise ValueError(f"sampler must be a callable sampler function, got {sampler!r}")
+    if not isinstance(max_evals, int) or max_evals < 1:
+        raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
+    if not 0 < huber <= 1:
+        raise ValueError(f"huber (a quantile) must be in (0, 1], got {huber!r}")
+    if not step > 0:
+        raise ValueError(f"step must be positive, got {step!r}")
+    if not inits or not all(callable(g) for g in inits):
+        raise ValueError(f"inits must be grid functions grid(process, steps) such as schedules.karras; got {inits!r}")
+
+
+def _nelder_mead(loss: Callable, logits, best: float, maxfev: int, step: float):
+    """Minimise loss from logits (loss `best`) by Nelder-Mead; the better of the start and the optimum."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    # scipy's default first simplex moves a zero logit by 0.00025 only: start with steps of `step` instead
+    simplex = np.vstack([logits, logits + step * np.eye(len(logits))])
+    res = minimize(loss, logits, method="Nelder-Mead", options=dict(
+        maxfev=maxfev, xatol=1e-6, fatol=1e-8, adaptive=True, initial_simplex=simplex))
+    return res.x if res.fun < best else logits
+
+
+def analytic_x0_var(
+    score: ScoreFn, process: Process, ts: Tensor, x: Tensor, *, rtol: float | None = None, atol: float | None = None
+) -> Tensor:
+    """Analytic-DPM's x0 variance (Bao et al. 2022) at the times ts[:-1], from a pilot batch and the score only.
+
+    v_t = E tr Cov[x0 | x_t] / d over x_t ~ p_t, where the paper averages over noised training data, here x_t comes
+    from the probability-flow ODE started at the pilot prior samples x (dopri5 to rtol/atol: 1e-6 in float64, 1e-4
+    otherwise), whose marginals are the model's own p_t; no data is needed. Two estimates of v_t, combined with
+    inverse-variance weights (each is noisy where the other is not): (sigma²/alpha²)(1 - sigma² E||score||² / d),
+    Tweedie's second-order formula with the Fisher identity (the paper's; accurate at low noise), and
+    (tr Cov[x0] - tr Cov[x0_hat(x_t)]) / d, the law of total variance with Tweedie's x0_hat (accurate at high
+    noise, where the first is a small difference of large terms). Clipped to [0, sigma²/alpha²] as in the paper.
+    Cost: one ODE solve and len(ts) score evaluations on the pilot batch, once per model and grid. CPU float64.
+    """
+    g = prepare(process, x, ts)
+    n = len(g.ts) - 1
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    tol = 1e-6 if x.dtype == torch.float64 else 1e-4
+    rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
+    b = x.shape[0]
+    if b < 2:
+        raise ValueError(f"the pilot batch needs at least 2 samples, got {b}")
+
+    evals = [0]
+
+    def drift(t: Tensor, y: Tensor) -> Tensor:
+        s = score(y, t.expand(b))
+        evals[0] += 1
+        if not bool(torch.isfinite(s).all()):  # a pilot, not a sampling loop: a host sync per evaluation is fine
+            raise ValueError(f"the score returned NaN or inf at ODE evaluation {evals[0]} of the pilot batch "
+                             f"(t = {float(t):.6g})")
+        return pf_drift(process, t, y, s)
+
+    xs = odeint(drift, x, g.ts, method="dopri5", rtol=rtol, atol=atol).unbind(0)
+    d = x[0].numel()
+    u, x0 = [], []  # per pilot and time: (sigma²/alpha²)(1 - sigma² ||score||² / d), and Tweedie's x0
+    for i in range(n + 1):
+        s = score(xs[i], g.t[i]).detach().double().flatten(1)
+        a, sig = g.alpha[i], g.sigma[i]
+        u.append((sig / a) ** 2 * (1 - sig**2 * s.pow(2).sum(1) / d))
+        x0.append((xs[i].detach().double().flatten(1) + sig**2 * s) / a)
+    u, x0 = torch.stack(u).cpu(), torch.stack(x0).cpu()  # (n + 1, b), (n + 1, b, d)
+    if not (bool(torch.isfinite(u).all()) and bool(torch.isfinite(x0).all())):
+        k = int((~torch.isfinite(u)).any(1).nonzero()[0]) if not bool(torch.isfinite(u).all()) else 0
+        raise ValueError(f"the score returned NaN or inf on the pilot batch at t = {float(g.ts[k]):.6g}")
+    v1, se1 = u.mean(1), u.std(1) / b**0.5
+    # Cov[x0] from the ODE's end (Tweedie's x0 there, plus its own small posterior variance v1[n])
+    sq = (x0 - x0.mean(1, keepdim=True)).pow(2).sum(2) / d  # (n + 1, b)
+    w = sq[n] + v1[n] - sq  # per pilot, paired through its trajectory
+    v2, se2 = w.mean(1), w.std(1) / b**0.5
+    p1, p2 = 1 / se1.square().clamp_min(1e-300), 1 / se2.square().clamp_min(1e-300)
+    v = ((p1 * v1 + p2 * v2) / (p1 + p2))[:n]
+    r2 = (torch.tensor(g.sigma[:n], dtype=torch.float64) / torch.tensor(g.alpha[:n], dtype=torch.float64)) ** 2
+    return v.clamp(min=0).minimum(r2)
+
+
+def pilot_batch(process: Process, size: int, like: Tensor, seed: int = PILOT_SEED) -> Tensor:
+    """`size` prior samples in like's event shape, dtype and device, drawn on the CPU with `seed`."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ValueError(f"the pilot batch size must be an integer >= 2, got {size!r}")
+    g = torch.Generator().manual_seed(seed)
+    return process.prior((size, *like.shape[1:]), generator=g, dtype=like.dtype).to(like.device)
+
+
+def ancestral_analytic(
+    score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *, pilot: int = 1000, **options
+) -> Tensor:
+    """`ancestral` with Analytic-DPM's reverse variance (Bao et al. 2022), its x0 variance estimated by
+    `analytic_x0_var` on `pilot` prior samples (pilot_batch) through the same score.
+
+    The pilot's evaluations (one adaptive ODE solve, about 100, plus len(ts)) are made through `score`, so a
+    CountEvals wrapper counts them; to pay them once for many calls, call `analytic_x0_var` yourself and pass
+    `ancestral(..., x0_var=v)`. NFE = pilot evaluations + len(ts) - 1 + denoise.
+    """
+    v = analytic_x0_var(score, process, ts, pilot_batch(process, pilot, x))
+    return ancestral(score, process, x, ts, x0_var=v, **options)
