@@ -1,7 +1,7 @@
 """Per-step loop overhead of our samplers against the peers' same algorithm, with a zero-cost score.
 
-    python benchmarks/overhead.py                    # batch 1 and 100 000, 50 evaluations, 15 interleaved repeats
-    python benchmarks/overhead.py --batches 1 --repeats 31
+    python -m benchmarks.overhead                    # batch 1 and 100 000, 50 evaluations, 15 interleaved repeats
+    python -m benchmarks.overhead --batches 1 --repeats 31
 
 Each run is timed from its first score evaluation to its return (schedule set-up excluded, as for the peers),
 divided by the measured number of evaluations. The peers run on a raw zero model (their loop alone: no adapter);
@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_json  # noqa: E402
+from scoresde import DiscreteVP
+from scoresde.samplers.registry import SAMPLERS
 
-from scoresde import DiscreteVP  # noqa: E402
-from scoresde.samplers import SAMPLERS  # noqa: E402
+from . import _peers as peers
+from ._common import write_json
 
 # ours -> the peers' implementations of the same algorithm
 PAIRS = {
@@ -54,8 +52,6 @@ def time_ours(name: str, process, batch: int, nfe: int, dtype=torch.float32) -> 
 
 
 def time_peer(lib: str, name: str, process, batch: int, nfe: int, dtype=torch.float32) -> float:
-    import peers
-
     x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(0), dtype=dtype)
     g = torch.Generator().manual_seed(1)
     mark: list[float] = []

@@ -1,44 +1,41 @@
 """Our samplers and the peers' same algorithms side by side on the exact ring8 score under DDPM's linear schedule.
 
-    python benchmarks/peers_quality.py                       # n = 20000, NFE 10, 20, 50, 100, 250
-    python benchmarks/peers_quality.py --target grid25 --nfe 10,20,50
-    python benchmarks/peers_quality.py --rows scoresde --grid optimized --nfe 10,20,50   # ours on optimised grids
-    python benchmarks/peers_quality.py --rows ancestral,ddpm --nfe 10,20,50 --seeds 0,1,2,3 --ref-seeds 0,1,2,3
+    python -m benchmarks.peers_quality                       # n = 20000, NFE 10, 20, 50, 100, 250
+    python -m benchmarks.peers_quality --target grid25 --nfe 10,20,50
+    python -m benchmarks.peers_quality --rows scoresde --grid optimized --nfe 10,20,50   # ours on optimised grids
+    python -m benchmarks.peers_quality --rows ancestral,ddpm --nfe 10,20,50 --seeds 0,1,2,3 --ref-seeds 0,1,2,3
 
 Every sampler starts from the same x_T ~ N(0, I) and is scored with the same exact score (peers through the
-adapters of benchmarks/peers.py). Cells: log-density gap in standard errors / sliced W2 in units of its floor;
+adapters of benchmarks/_peers.py). Cells: log-density gap in standard errors / sliced W2 in units of its floor;
 * marks both within (3 se, 1.5x). A second table gives the gap in nats (an effect size: the se above includes the
 generated samples' own spread, so a more dispersed sampler gets a larger se and a smaller |gap/se|). With several
 --seeds (seed k: x_T drawn with seed 2k, the samplers' noise with 2k + 1; k = 0 is the default run) or
 --ref-seeds (other exact reference sets, each with its own SW2 floor) cells are mean +- sd over seeds x references,
 followed by the first row's paired differences from each other row. The `exact samples` row (the target's own
-samples) shows what a perfect sampler reads. Writes benchmarks/results/peers_quality.json.
-Peers: pip install diffusers torchsde && pip install --no-deps k-diffusion (see peers.py).
+samples) shows what a perfect sampler reads. Writes benchmarks/results/<--json>.json.
+Peers: pip install diffusers torchsde && pip install --no-deps k-diffusion (see _peers.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402
-import toy_data  # noqa: E402
-from _common import quality, reference, write_json  # noqa: E402
+import toy_data
+from scoresde import CountEvals, DiscreteVP
+from scoresde.metrics import sliced_wasserstein
 
-from scoresde import DiscreteVP, count_evals  # noqa: E402
-from scoresde.metrics import sliced_wasserstein  # noqa: E402
-from scoresde.samplers import SAMPLERS  # noqa: E402
+from . import _peers as peers
+from ._common import quality, reference, sampler, write_json
 
 # rows: (label, runner); ours first, then the peers' implementations of the same algorithm
 ROWS = [
     ("scoresde dpm_solver_pp", ("ours", "dpm_solver_pp")),
     ("diffusers dpmpp_2m", ("diffusers", "dpmpp_2m")),
     ("k-diffusion dpmpp_2m", ("k-diffusion", "dpmpp_2m")),
-    ("scoresde dpm_solver_pp_3m", ("ours", "dpm_solver_pp_3m")),
+    ("scoresde dpm_solver_pp order=3", ("ours", "dpm_solver_pp:order=3")),  # DPM-Solver++ 3M
     ("diffusers unipc", ("diffusers", "unipc")),
     ("diffusers lms", ("diffusers", "lms")),
     ("k-diffusion lms", ("k-diffusion", "lms")),
@@ -65,15 +62,15 @@ _GRIDS: dict = {}  # (sampler, NFE, grid) -> time grid: an optimised grid is com
 def run(kind, name, target, process, x_T, nfe, grid=None, seed=1):
     g = torch.Generator().manual_seed(seed)
     if kind == "ours":
-        spec = SAMPLERS[name]
+        spec = sampler(name)
         if grid == "optimized" and not spec.deterministic:
             grid = None  # the optimised grid is for deterministic samplers; the stochastic ones keep their own
-        # pilot batches (optimised grid, analytic x0 variance) use schedules.PILOT_SEED, independent of x_T
+        # pilot batches (optimised grid, analytic x0 variance) use tuning.PILOT_SEED, independent of x_T
         if (name, nfe, grid) not in _GRIDS:
             _GRIDS[name, nfe, grid] = spec.grid_for(process, nfe, grid, score=target.score_fn(process),
                                                     shape=target.event_shape)
         ts = _GRIDS[name, nfe, grid]
-        score = count_evals(target.score_fn(process))
+        score = CountEvals(target.score_fn(process))
         out = spec(score, process, x_T.clone(), ts, generator=g)
         return out, score.nfe
     if kind == "exact":  # seeds apart from the references' (1, 2 and 100 + 2j, 101 + 2j)
@@ -116,7 +113,7 @@ def paired(records: list, first: str, budgets: list) -> list[str]:
             se = len(keys) ** 0.5
             cells.append(f"{float(dsw.mean()):+.3f}±{float(dsw.std()) / se:.3f} / {float(dgap.mean()):+.3f}±"
                          f"{float(dgap.std()) / se:.3f}".rjust(27))
-        lines.append(f"{label:34s} " + " ".join(cells))
+        lines.append(f"{label:42s} " + " ".join(cells))
     return lines
 
 
@@ -136,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.nfe.split(",")]
-    target = toy_data.get(args.target)
+    target = toy_data.load(args.target)
     process = DiscreteVP.linear(1000)
     _, sw_floor, gap_floor, gap_se = reference(target, args.n)
     seeds = [int(k) for k in args.seeds.split(",")]
@@ -147,13 +144,14 @@ def main() -> None:
           f"(se {gap_se:.4f}); seeds {seeds}, references {list(refs)} (SW2 floors "
           f"{', '.join(f'{f:.4f}' for _, f in refs.values())}); versions {peers.peer_versions()}")
     many = len(seeds) * len(refs) > 1
-    print(f"{'sampler':34s} " + " ".join(f"{b:>15d}" for b in budgets) + "  first passing NFE")
+    print(f"{'sampler':42s} " + " ".join(f"{b:>15d}" for b in budgets) + "  first passing NFE")
     records, nats, first_label = [], [], None
     for label, (kind, name) in ROWS:
         if args.rows is not None and not any(r in label for r in args.rows.split(",")):
             continue
         if kind == "ours" and args.grid is not None:
-            used = SAMPLERS[name].grid if args.grid == "optimized" and not SAMPLERS[name].deterministic else args.grid
+            spec = sampler(name)
+            used = spec.grid if args.grid == "optimized" and not spec.deterministic else args.grid
             label = f"{label} ({used})"  # run() gives stochastic samplers their own grid only instead of 'optimized'
         first_label = first_label or label
         cells, ncells, first = [], [], None
@@ -185,8 +183,8 @@ def main() -> None:
                 zc = f"{float(z.mean()):+.0f}±{float(z.std()):.0f}"
                 cells.append(f"{zc}/{float(sw.mean()):.2f}±{float(sw.std()):.2f}".rjust(15))
                 ncells.append(f"{float(gap.mean()):+.3f}±{float(gap.std()):.3f}".rjust(15))
-        print(f"{label:34s} " + " ".join(cells) + f"  {first if first else '>' + str(budgets[-1])}", flush=True)
-        nats.append(f"{label:34s} " + " ".join(ncells))
+        print(f"{label:42s} " + " ".join(cells) + f"  {first if first else '>' + str(budgets[-1])}", flush=True)
+        nats.append(f"{label:42s} " + " ".join(ncells))
     print("cells: log-density gap in standard errors / sliced W2 in floors (measured NFE may be below the budget)"
           + ("; mean±sd over seeds x references" if many else ""))
     print("\nlog-density gap in nats: " + ("mean±sd over seeds x references" if many else "value(se)"))

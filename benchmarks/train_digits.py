@@ -1,35 +1,35 @@
 """Issue 6 target: a class-conditional UNet on the 8 x 8 digits, trained for at most 5 minutes on this CPU, reaches
 >= 99% class accuracy (CFG w = 1) and a Fréchet distance within 1.5x its real-versus-real floor.
 
-    python benchmarks/train_digits.py                   # the default recipe, 300 s, evaluated every 60 s
-    python benchmarks/train_digits.py --budget 120 --eval-seconds 30 --no-amp --sampler dpm_solver_pp --nfe 20
+    python -m benchmarks.train_digits                   # the default recipe, 300 s, evaluated every 60 s
+    python -m benchmarks.train_digits --budget 120 --eval-seconds 30 --no-amp --sampler dpm_solver_pp --nfe 20
 
 Default recipe: UNet 24 channels (1, 2), DDPM-cosine with v-prediction, bf16 autocast (fast on CPUs with AMX), and
 evaluation with DDPM's ancestral sampler at NFE 100 (on these models the stochastic samplers score higher than the
-ODE ones; see RESULTS.md).
+ODE ones; see RESULTS.md). --process takes a process name (vp, ve, subvp, ddpm, ddpm-cosine).
 
 Training runs in chunks of --eval-seconds (each chunk resumes the previous one's checkpoint exactly); after each the
 EMA weights are evaluated by scoresde.digits_classifier (n samples, --final-n at the end, labels 0..9 in turn;
 accuracy by the cached digits classifier; Fréchet distance on its penultimate features to the 359 held-out test
 digits; the floor is the same distance for n real train digits). Training time excludes evaluation. Prints a table
-and writes benchmarks/results/train_digits.json. One intra-op thread by default (--threads; the machine is shared).
+and writes benchmarks/results/<--name>.json. One intra-op thread by default (--threads; the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_json  # noqa: E402
+import toy_data
+from scoresde.evaluation.digits import evaluate_digits, load_digits_classifier
+from scoresde.processes import from_config
+from scoresde.training import TrainConfig, load_model, train
 
-from scoresde.digits_classifier import evaluate_digits, load_digits_classifier  # noqa: E402
-from scoresde.train import TrainConfig, load_model, make_data, train  # noqa: E402
+from ._common import write_json
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=24)
     p.add_argument("--channel-mult", default="1,2")
     p.add_argument("--res-blocks", type=int, default=1)
-    p.add_argument("--output", default="v")
+    p.add_argument("--prediction", default="v", help="what the network predicts: eps, x0, v or score")
     p.add_argument("--process", default="ddpm-cosine")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -67,16 +67,17 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = make_data("digits")
+    data = toy_data.load("digits", split="train")
     sigma_data = round(float(data.images.std()), 3)
     net = {"name": "unet", "in_channels": 1, "image_size": 8, "channels": args.channels,
            "channel_mult": [int(m) for m in args.channel_mult.split(",")], "num_res_blocks": args.res_blocks,
-           "output": args.output, "num_classes": 10, "sigma_data": sigma_data}
+           "prediction": args.prediction, "num_classes": 10, "sigma_data": sigma_data}
+    process = from_config(args.process).config()  # e.g. {"name": "ddpm", "schedule": "cosine", ...}
     clf = load_digits_classifier(verbose=True)
     steps = args.steps
     if steps is None:  # calibrate: the cosine schedule should end when the budget does
         # 3 s to warm up, then a resumed 10 s chunk (as the chunks below are) whose rate is the one measured
-        probe_cfg = TrainConfig(data="digits", process=args.process, net=net, steps=10**6, batch=args.batch,
+        probe_cfg = TrainConfig(data="digits", process=process, net=net, steps=10**6, batch=args.batch,
                                 seed=args.seed, checkpoint_every=0, amp=args.amp)
         with tempfile.TemporaryDirectory() as probe_dir:
             first = train(probe_cfg, probe_dir, progress=False, max_seconds=3)
@@ -84,7 +85,7 @@ def main() -> None:
         rate = (probe.step - first.step) / probe.seconds
         steps = int(rate * args.budget)
         print(f"~{rate:.2f} steps/s: lr schedule over {steps} steps")
-    cfg = TrainConfig(data="digits", process=args.process, net=net, steps=steps, batch=args.batch, lr=args.lr,
+    cfg = TrainConfig(data="digits", process=process, net=net, steps=steps, batch=args.batch, lr=args.lr,
                       warmup=args.warmup, ema=args.ema, lr_final_ratio=args.lr_final, label_dropout=args.label_dropout,
                       weighting=args.weighting, snr_gamma=args.snr_gamma, amp=args.amp,
                       seed=args.seed, checkpoint_every=0, log_every=25)
@@ -117,8 +118,9 @@ def main() -> None:
     print(f"classifier test accuracy {clf.test_accuracy:.4f}; {sum(q.numel() for q in model.net.parameters())} "
           f"parameters; {'PASS' if ok else 'FAIL'} (accuracy >= 0.99 and FD <= 1.5 x floor); wall "
           f"{time.perf_counter() - t_all:.0f} s")
-    path = write_json(args.name, {"config": vars(args), "train_config": {**cfg.__dict__}, "classifier_test_accuracy":
-                                  clf.test_accuracy, "parameters": sum(q.numel() for q in model.net.parameters()),
+    path = write_json(args.name, {"config": vars(args), "train_config": dataclasses.asdict(cfg),
+                                  "classifier_test_accuracy": clf.test_accuracy,
+                                  "parameters": sum(q.numel() for q in model.net.parameters()),
                                   "rows": rows, "pass": ok})
     print(f"wrote {path}")
 

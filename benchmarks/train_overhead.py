@@ -1,31 +1,29 @@
 """Issue 4 target: a DSM training step costs at most 1.05x a bare forward + backward + optimiser step of the same
 network on the same batch.
 
-    python benchmarks/train_overhead.py
+    python -m benchmarks.train_overhead
 
 Bare: out = net(x, sigma); mse(out, target); backward; Adam step, on a fixed batch with fixed sigma. DSM: the
 same plus what dsm_loss adds (t ~ U, eps ~ N, alpha(t), sigma(t), x_t) on the same fixed clean batch. Also
 measured alone: DSM's additions with the network replaced by the identity (a noise-free estimate of the
-overhead, as a fraction of the bare step). Reported, not part of the target: the trainer's full step (EMA update, gradient clipping, loss bookkeeping).
+overhead, as a fraction of the bare step). Reported, not part of the target: the trainer's full step (EMA update,
+gradient clipping, loss bookkeeping).
 Interleaved repeats, medians, one thread; writes benchmarks/results/train_overhead.json.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_json  # noqa: E402
+import toy_data
+from scoresde import VP
+from scoresde.losses import dsm_loss
+from scoresde.nets import MLPScoreNet
 
-import toy_data  # noqa: E402
-from scoresde import VP  # noqa: E402
-from scoresde.losses import dsm_loss  # noqa: E402
-from scoresde.nets import MLPScoreNet  # noqa: E402
+from ._common import write_json
 
 
 def bench(batch: int, width: int, depth: int, reps: int = 41, inner: int = 10) -> dict:
@@ -36,7 +34,7 @@ def bench(batch: int, width: int, depth: int, reps: int = 41, inner: int = 10) -
     params = list(net.parameters())
     ema = [p.detach().clone() for p in params]
     g = torch.Generator().manual_seed(0)
-    x0 = toy_data.ring8().sample(batch, generator=g)
+    x0 = toy_data.load("ring8").sample(batch, generator=g)
     sigma = torch.rand(batch, generator=g) * 0.9 + 0.05
     target = torch.randn(batch, 2, generator=g)
 
@@ -94,7 +92,7 @@ def main() -> None:
         print(f"{r['batch']:6d} {r['width']:5d} {r['depth']:5d} {r['bare_ms']:8.3f} {r['dsm_ms']:8.3f} "
               f"{r['dsm_over_bare']:9.3f} {r['trainer_step_ms']:10.3f} {r['trainer_over_bare']:12.3f} "
               f"{r['dsm_extra_us']:12.1f} {r['extra_over_bare']:10.3f}")
-    print(f"wrote {write_json('train_overhead', {'command': 'python benchmarks/train_overhead.py', 'rows': rows})}")
+    print(f"wrote {write_json('train_overhead', {'rows': rows})}")
 
 
 if __name__ == "__main__":

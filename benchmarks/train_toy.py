@@ -1,33 +1,32 @@
 """Issue 4 target: train on 2D toy data in at most 10 s, then sample the learned score with several samplers.
 
-    python benchmarks/train_toy.py                      # ring8, grid25, moons, checkerboard; default recipe
-    python benchmarks/train_toy.py --data ring8 --steps 1400 --batch 512 --width 128
+    python -m benchmarks.train_toy                      # ring8, grid25, moons, checkerboard; default recipe
+    python -m benchmarks.train_toy --data ring8 --seed 1 --tag train_toy_ring8_seed1
 
 Prints training seconds and, per sampler, sliced W2 in units of its noise floor (n = 20000, floor = the same
-metric between the reference and an independent exact set, averaged over 5 such sets) and writes benchmarks/results/train_toy.json.
+metric between the reference and an independent exact set, averaged over 5 such sets) and writes
+benchmarks/results/<--tag>.json.
 One intra-op thread (the machine is shared; two threads are slower under contention).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_json  # noqa: E402
+import toy_data
+from scoresde.metrics import sliced_wasserstein
+from scoresde.samplers.registry import get_sampler
+from scoresde.training import Model, TrainConfig, train
 
-from scoresde.metrics import sliced_wasserstein  # noqa: E402
-from scoresde.samplers import get_sampler  # noqa: E402
-from scoresde.train import Model, TrainConfig, make_data, train  # noqa: E402
+from ._common import write_json
 
 SAMPLERS = [("dpm_solver_pp", 20), ("dpm_solver_pp", 50), ("heun", 50), ("unipc", 20), ("euler_maruyama", 200)]
 
 
 def run(data_name: str, args) -> dict:
-    data = make_data(data_name)
+    data = toy_data.load(data_name)
     g = torch.Generator().manual_seed(1)
     ref = data.sample(args.n, generator=g)
     # the floor: mean over 5 independent exact sets (one pair alone varies by about +-30%)
@@ -54,7 +53,7 @@ def run(data_name: str, args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="ring8,grid25,moons,checkerboard")
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--batch", type=int, default=512)
@@ -76,8 +75,9 @@ def main() -> None:
         r = run(name, args)
         records.append(r)
         print(f"{name:14s} {r['train_seconds']:8.2f} {r['steps']:6d} {r['final_loss']:7.4f}  "
-              + "  ".join(f"{row['sw_ratio']:{len(n) + len(str(k)) + 1}.2f}" for (n, k), row in zip(SAMPLERS, r["samplers"])))
-    path = write_json(args.tag, {"command": "python " + " ".join(sys.argv), "records": records})
+              + "  ".join(f"{row['sw_ratio']:{len(n) + len(str(k)) + 1}.2f}"
+                          for (n, k), row in zip(SAMPLERS, r["samplers"])))
+    path = write_json(args.tag, {"records": records})
     print(f"wrote {path}")
 
 

@@ -1,7 +1,7 @@
 """Training-step throughput of the digits UNet (forward + backward + Adam), float32 versus bf16 autocast.
 
-    python benchmarks/unet_speed.py                 # one thread, batch 128, channels 16 / 24 / 32
-    python benchmarks/unet_speed.py --threads 2 --batch 256 --device cuda
+    python -m benchmarks.unet_speed                 # one thread, batch 128, channels 16 / 24 / 32
+    python -m benchmarks.unet_speed --threads 2 --batch 256 --device cuda
 
 Interleaves float32 and bf16 steps of each network (so machine noise hits both alike) and prints images/s and the
 ratio; writes benchmarks/results/unet_speed.json. bf16 autocast is fast on GPUs and on CPUs with AMX / AVX512-BF16.
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_json  # noqa: E402
+from scoresde.nets import build_net
 
-from scoresde.nets import build_net  # noqa: E402
+from ._common import write_json
 
 
 def main() -> None:
@@ -42,7 +39,7 @@ def main() -> None:
     print(f"{'channels':>8s} {'params':>8s} {'fp32 img/s':>11s} {'bf16 img/s':>11s} {'ratio':>6s}")
     for ch in (int(c) for c in args.channels.split(",")):
         net = build_net({"name": "unet", "in_channels": 1, "image_size": 8, "channels": ch, "channel_mult": [1, 2],
-                         "num_res_blocks": 1, "output": "v", "num_classes": 10, "sigma_data": 0.6}).to(dev)
+                         "num_res_blocks": 1, "prediction": "v", "num_classes": 10, "sigma_data": 0.6}).to(dev)
         opt = torch.optim.Adam(net.parameters(), 1e-4)
 
         def step(amp: bool) -> None:

@@ -1,7 +1,11 @@
-"""Where a learned ring8 score is wrong, by noise level: the diagnosis behind issue 5's guidance models.
+"""Where a learned ring8 score is wrong, by noise level: the diagnosis behind the study's reference phase.
 
-    python benchmarks/guidance_score_error.py     # the guidance benchmark's score models, before and after each phase
-    python benchmarks/guidance_score_error.py --runs runs/a runs/b --label 3
+    python -m benchmarks.experiments.reference_targets.score_error     # the README's table (runs of guidance.py)
+    python -m benchmarks.experiments.reference_targets.score_error --runs runs/a runs/b --label 3 --name mine
+
+The default runs are the fine-tuned unconditional model of `python -m benchmarks.experiments.reference_targets.guidance`
+and the three 3000-step phases from it: plain DSM (ctrl_plain), the reference target (ctrl_stf) and the reference
+target with widened noise (the study's model).
 
 For each run and each t, draws x_t from the diffused exact conditional of --label (n points, x0 from class `label`,
 the same points for every run) and reports the eps-weighted squared error E ||sigma(t) (s_theta(x_t) - s(x_t))||²
@@ -10,39 +14,38 @@ of `label` for a class-conditional one (evaluated with that label). This is the 
 restricted to the region classifier-guided samples of `label` pass through. A second table scores the same error on
 points drawn uniformly from the square |x_i| < 0.6 inside ring8's ring, at t <= 0.2: a region where p_t is small (so
 DSM hardly trains there) but that stray sampler trajectories cross; the exact score there points out to the ring.
-Writes benchmarks/results/<--name>.json.
+Writes results/<--name>.json in this folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_json  # noqa: E402
+import toy_data
+from benchmarks._common import write_json
+from scoresde.training import Model, load_model
 
-import toy_data  # noqa: E402
-from scoresde.train import Model, load_model  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 TIMES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 CENTRE_TIMES = (0.03, 0.05, 0.08, 0.1, 0.15, 0.2)
-RUNS = ("runs/guidance/uncond_20000_256", "runs/guidance/uncond_20000_256_ft5000_b4096",
-        "runs/guidance/uncond_20000_256_ft5000_b4096_ref3000_r8192_w16",
-        "runs/guidance/cond_6000_128", "runs/guidance/cond_6000_128_ft5000_b4096")
+RUNS = ("runs/reference_targets/uncond_20000_256_ft5000_b4096", "runs/reference_targets/ctrl_plain",
+        "runs/reference_targets/ctrl_stf", "runs/reference_targets/uncond_20000_256_ft5000_b4096_ref3000_r8192_w16")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", default=list(RUNS))
     p.add_argument("--label", type=int, default=3)
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default="guidance_score_error")
+    p.add_argument("--name", default="guidance_score_error_controls")
     args = p.parse_args()
-    target = toy_data.ring8()
+    target = toy_data.load("ring8")
     if not 0 <= args.label < target.num_classes:
         raise SystemExit(f"--label must lie in [0, {target.num_classes}), got {args.label}")
     conditional = target.conditional(args.label)
@@ -85,9 +88,9 @@ def main() -> None:
     print(f"{'t':>6s} {'size':>7s} " + " ".join(f"{n:>{w}s}" for n in names))
     for i, t in enumerate(CENTRE_TIMES):
         print(f"{t:6.3f} {centre_size[i]:7.2f} " + " ".join(f"{centre_errors[r][i]:{w}.3g}" for r in args.runs))
-    path = write_json(args.name, {"command": "python " + " ".join(sys.argv), "config": vars(args), "t": list(TIMES),
+    path = write_json(args.name, {"config": vars(args), "t": list(TIMES),
                                   "sigma": sigmas, "errors": errors, "centre_t": list(CENTRE_TIMES),
-                                  "centre_size": centre_size, "centre_errors": centre_errors})
+                                  "centre_size": centre_size, "centre_errors": centre_errors}, results=RESULTS)
     print(f"wrote {path}")
 
 

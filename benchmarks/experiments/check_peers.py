@@ -1,4 +1,4 @@
-"""Sanity check of the peer wrappers in benchmarks/peers.py on ring8 under DiscreteVP.linear(1000).
+"""Sanity check of the peer wrappers in benchmarks/_peers.py on ring8 under DiscreteVP.linear(1000).
 
 For every peer sampler and NFE it prints the measured NFE and the mean log-density gap
 
@@ -9,13 +9,16 @@ towards 0 as the NFE grows (negative: mass spread into low-density regions; posi
 Everything (x_T, states, score evaluations) runs in float32 by default (--dtype float64 to switch; diffusers'
 own tables and several of its step() functions stay float32 whatever the input dtype).
 
-    python benchmarks/check_peers.py --threads 1             # NFE 10 20 50 + the --extra convergence runs
-    python benchmarks/check_peers.py --timing-only --threads 1 --stat min   # zero-cost µs/step table only
+    python -m benchmarks.experiments.check_peers --threads 1            # NFE 10 20 50 + the --extra runs
+    python -m benchmarks.experiments.check_peers --timing-only --threads 1 --stat min   # µs/step table only
 
 Expect a positive gap floor for DDPM (fixed_small variance) even at 1000 steps (+0.06..0.08 nats here; a
 hand-written DDPM on scoresde's posterior_coefficients gives the same) and for schedules whose last model
 evaluation sits at a coarse noise level before jumping to sigma = 0 (diffusers' default "linspace"/"trailing"
 timesteps); ODE solvers on the Karras grid reach |gap| < 0.01 by NFE 200.
+
+Not a headline benchmark: it checks the harness (diffusers' alphas_cumprod against ours, each wrapper's gap
+converging with NFE, the adapters' own cost); benchmarks.peers_quality and benchmarks.overhead measure.
 """
 
 from __future__ import annotations
@@ -23,17 +26,13 @@ from __future__ import annotations
 import argparse
 import ast
 import math
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import peers  # noqa: E402
-from scoresde.processes import DiscreteVP  # noqa: E402
-import toy_data  # noqa: E402
+import toy_data
+from benchmarks import _peers as peers
+from scoresde.processes import DiscreteVP
 
 
 def _literal(v: str):
@@ -83,7 +82,7 @@ def main(argv=None):
 
     print("versions:", peers.peer_versions())
     process = DiscreteVP.linear(1000)
-    target = toy_data.ring8()
+    target = toy_data.load("ring8")
 
     if not args.timing_only:
         # the schedulers' alpha_bar (float32, built from trained_betas) against ours (float64)

@@ -1,7 +1,8 @@
 """Run PEER libraries' samplers (diffusers schedulers, k-diffusion samplers) on an exact score function.
 
-Benchmark harness only: nothing in `scoresde` or its tests imports this module. The peers are optional
-(`pip install diffusers torchsde tqdm` and `pip install --no-deps k-diffusion`) and are imported lazily.
+Shared by benchmarks.peers_quality, benchmarks.overhead and benchmarks.experiments.check_peers; nothing in
+`scoresde` or its tests imports it. The peers are optional (`pip install diffusers torchsde tqdm` and
+`pip install --no-deps k-diffusion`) and are imported lazily.
 
 Conventions (process x_t = alpha(t) x0 + sigma(t) eps, here a `DiscreteVP` with N steps, t_i = i / N):
 
@@ -130,7 +131,7 @@ def make_diffusers_scheduler(name: str, process: DiscreteVP, **overrides):
     cls = getattr(diffusers, _DIFFUSERS_CLASSES[name])
     params = inspect.signature(cls.__init__).parameters
     kw = dict(
-        num_train_timesteps=process.num_steps,
+        num_train_timesteps=process.N,
         trained_betas=process.betas.numpy(),
         prediction_type="epsilon",
     )
@@ -157,7 +158,7 @@ def _diffusers_times(sched, process: DiscreteVP) -> Tensor:
     integer whose discrete sigma equals that sigma (to float32 precision), t = (k+1)/N exactly. DDPM / DDIM work
     on alphas_cumprod at integer timesteps: t = (k+1)/N.
     """
-    N = process.num_steps
+    N = process.N
     k = sched.timesteps.double().cpu()
     integral = (k - k.round()).abs() <= 1e-6
     t_k = (k.round().clamp(0, N - 1) + 1) / N
@@ -281,7 +282,7 @@ def kdiffusion_sigmas(process: DiscreteVP, n: int, grid: str = "karras", rho: fl
     interpolated linearly between integer timesteps (n = N gives exactly the N discrete sigmas).
     """
     ks = load_k_sampling()
-    N = process.num_steps
+    N = process.N
     if grid == "karras":
         smin, smax = _ve_sigma_of_step(process, 1), _ve_sigma_of_step(process, N)
         return ks.get_sigmas_karras(n, smin, smax, rho=rho).double()
