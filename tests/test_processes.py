@@ -8,23 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scoresde import VE, VP, DiscreteVP, SubVP
+from scoresde.testing import sample_times
+from scoresde.testing.strategies import processes, seeds
 
-from .conftest import DEVICE
-from .strategies import processes, seeds, times
-
-
-def _interior_times(process, n, seed):
-    """Times away from DiscreteVP's knots, where its piecewise-linear log alpha_bar has no derivative."""
-    t = times(process, n, seed)
-    if isinstance(process, DiscreteVP):
-        g = torch.Generator().manual_seed(seed + 1)
-        steps = torch.randint(2, process.N + 1, (n,), generator=g)
-        u = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
-        t = ((steps - u) / process.N).to(DEVICE)
-    return t
+from .conftest import DEVICE, times
 
 
-@given(processes(), seeds)
+@given(processes(reaches_prior=False), seeds)
 def test_log_snr_and_its_inverse(process, seed):
     t = times(process, 64, seed)
     lam = process.log_snr(t)
@@ -32,9 +22,9 @@ def test_log_snr_and_its_inverse(process, seed):
     assert torch.allclose(lam, torch.log(process.alpha(t) ** 2 / process.sigma(t) ** 2), atol=1e-8, rtol=1e-8)
 
 
-@given(processes(), seeds)
+@given(processes(reaches_prior=False), seeds)
 def test_drift_and_diffusion_reproduce_the_marginal(process, seed):
-    t = _interior_times(process, 32, seed).requires_grad_(True)
+    t = sample_times(process, 32, seed, interior=True, device=DEVICE).requires_grad_(True)
     alpha, sigma = process.alpha(t), process.sigma(t)
     (dalpha,) = torch.autograd.grad(alpha.sum(), t)
     (dvar,) = torch.autograd.grad((sigma**2).sum(), t)
@@ -93,7 +83,7 @@ def test_ddpm_posterior_is_bayes_rule(n, cosine, seed):
     assert math.isclose(c_xt.item(), math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab), rel_tol=1e-9)
 
 
-@given(processes(), seeds)
+@given(processes(reaches_prior=False), seeds)
 def test_posterior_between_any_two_times_is_bayes_rule(process, seed):
     t = times(process, 2, seed).sort().values
     s, t = t[0], t[1]

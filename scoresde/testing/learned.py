@@ -140,7 +140,7 @@ def check_learned(
     levels: int | Tensor = 4,
     n_probes: int = 4,
     likelihood_samples: int = 64,
-    likelihood_steps: int = 64,
+    likelihood_steps: int = 32,
     likelihood_rtol: float = 1e-5,
     seed: int = 0,
     tolerances: dict[str, float] | None = None,

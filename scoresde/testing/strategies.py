@@ -60,11 +60,11 @@ def times(process: Process, n: int = 16, interior: bool = False, device=None, dt
 
 
 @st.composite
-def mixtures(draw, max_dim: int = 3, max_components: int = 4, labelled: bool = False):
-    """Gaussian mixtures in 1..max_dim dimensions with random weights, means and full covariances (labels: two
+def mixtures(draw, max_dim: int = 3, max_components: int = 4, labelled: bool = False, min_dim: int = 1):
+    """Gaussian mixtures in min_dim..max_dim dimensions with random weights, means and full covariances (labels: two
     classes, both present)."""
     k = draw(st.integers(1, max_components))
-    d = draw(st.integers(1, max_dim))
+    d = draw(st.integers(min_dim, max_dim))
     g = torch.Generator().manual_seed(draw(seeds))
     w = torch.rand(k, generator=g, dtype=torch.float64) + 0.1
     means = 2 * torch.randn(k, d, generator=g, dtype=torch.float64)

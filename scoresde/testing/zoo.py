@@ -85,6 +85,18 @@ class _LogSnrWithoutSquare(_Delegate):
         return 0.5 * self.inner.log_snr(t)
 
 
+class _TransitionVarianceForStd(_Delegate):
+    def transition(self, s, t):  # returns sigma_ts² where sigma_ts was meant
+        alpha_ts, sigma_ts = self.inner.transition(s, t)
+        return alpha_ts, sigma_ts**2
+
+
+class _PosteriorSigmaForVariance(_Delegate):
+    def posterior_coefficients(self, s, t):  # c_xt = alpha_ts sigma_s / sigma_t, where sigma_s² / sigma_t²
+        c_x0, c_xt, std = self.inner.posterior_coefficients(s, t)
+        return c_x0, c_xt * self.sigma(t) / self.sigma(s), std
+
+
 class _AlphaOne(_Delegate):
     def _alpha(self, t):
         return torch.ones_like(t)
@@ -111,6 +123,16 @@ class _ReversedTime(Process):
 
     def _sigma(self, t):
         return self.inner.sigma(self.t_min + self.t_max - t)
+
+
+class _AlphaBarForAlpha(DiscreteVP):
+    """alpha(t_i) = alpha_bar_i, where sqrt(alpha_bar_i) was meant (sigma stays sqrt(1 - alpha_bar_i))."""
+
+    def __repr__(self) -> str:
+        return f"AlphaBarForAlpha(N={self.N})"
+
+    def _alpha(self, t):
+        return torch.exp(self._log_alpha_bar(t))
 
 
 class _DDPMOffByOne(DiscreteVP):
@@ -204,24 +226,26 @@ class Mutant:
     caught_by: tuple[str, ...]
     applies: Callable = lambda process, mixture: True
 
-    def check(self, process: Process, mixture, *, seed: int = 0) -> Report:
-        """The kit's checks for this mutant's target, run on the broken model."""
-        return _run(self.target, self.build(process, mixture), process, mixture, seed, self.caught_by)
+    def check(self, process: Process, mixture, *, seed: int = 0, likelihood: bool = True) -> Report:
+        """The kit's checks for this mutant's target, run on the broken model; the likelihood check (slow) runs
+        when the mutant is caught_by it, unless likelihood=False."""
+        return _run(self.target, self.build(process, mixture), process, mixture, seed,
+                    likelihood and "likelihood" in self.caught_by)
 
 
 def check_correct(target: str, process: Process, mixture, *, seed: int = 0, likelihood: bool = False) -> Report:
     """The same checks on the correct model of `target` (the mutants' control)."""
     correct = {"process": process, "score": mixture.score_fn(process), "views": {}}[target]
-    return _run(target, correct, process, mixture, seed, ("likelihood",) if likelihood else ())
+    return _run(target, correct, process, mixture, seed, likelihood)
 
 
-def _run(target: str, model, process: Process, mixture, seed: int, caught_by) -> Report:
+def _run(target: str, model, process: Process, mixture, seed: int, likelihood: bool) -> Report:
     if target == "process":
         return check_process(model, seed=seed)
     data = mixture.sample(32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     if target == "views":
         return check_learned(mixture.score_fn(process), process, data, views=model, checks=("views",), seed=seed)
-    learned = ("conservative", "views", "fokker_planck") + (("likelihood",) if "likelihood" in caught_by else ())
+    learned = ("conservative", "views", "fokker_planck") + (("likelihood",) if likelihood else ())
     return (check_exact_score(model, process, mixture=mixture, seed=seed)
             + check_learned(model, process, data, checks=learned, seed=seed, likelihood_samples=4,
                             likelihood_steps=32))
@@ -234,7 +258,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("g2_sigma_for_variance", "g² = d sigma/dt - 2 f sigma (sigma for sigma²)", "process",
            lambda p, m: _G2SigmaForVariance(p), ("diffusion",)),
     Mutant("reversed_time", "alpha, sigma read at 1 - t (t for 1 - t)", "process",
-           lambda p, m: _ReversedTime(p), ("log_snr_monotone", "log_snr_inverse", "prior")),
+           lambda p, m: _ReversedTime(p),
+           ("diffusion", "transition", "posterior", "log_snr_monotone", "log_snr_inverse", "prior")),
     Mutant("perturb_missing_alpha", "perturb = x0 + sigma eps (the alpha factor missing)", "process",
            lambda p, m: _PerturbMissingAlpha(p), ("perturb",), _not_constant_alpha),
     Mutant("log_snr_without_square", "log_snr = log(alpha / sigma)", "process",
@@ -247,6 +272,13 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("ddpm_off_by_one", "the DDPM posterior of step i built from beta_{i+1}", "process",
            lambda p, m: _DDPMOffByOne(p.betas), ("ddpm_posterior",),
            lambda p, m: type(p) is DiscreteVP and p.N >= 3),
+    Mutant("alpha_bar_for_alpha", "DDPM's alpha(t_i) = alpha_bar_i (the square root missing)", "process",
+           lambda p, m: _AlphaBarForAlpha(p.betas),
+           ("drift", "diffusion", "log_snr", "ddpm_marginal", "ddpm_posterior"), lambda p, m: type(p) is DiscreteVP),
+    Mutant("transition_variance_for_std", "transition(s, t) returns sigma_ts² for sigma_ts", "process",
+           lambda p, m: _TransitionVarianceForStd(p), ("transition", "posterior")),
+    Mutant("posterior_sigma_for_variance", "the posterior's c_xt = alpha_ts sigma_s / sigma_t (sigma for sigma²)",
+           "process", lambda p, m: _PosteriorSigmaForVariance(p), ("posterior",)),
     Mutant("unit_prior", "prior_std = 1 for a process whose sigma(t_max) is not 1", "process",
            lambda p, m: _UnitPrior(p), ("prior",),
            lambda p, m: abs(p.sigma(torch.tensor(p.t_max, dtype=torch.float64)).item() - 1) > 0.2),
@@ -255,16 +287,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("score_sigma_for_variance", "score = (alpha x0 - x) / sigma (sigma for sigma²)", "score",
            _score_sigma_for_variance, _EXACT),
     Mutant("score_reversed_time", "the score read at 1 - t (t for 1 - t)", "score",
-           lambda p, m: (lambda x, t: m.score(x, p, _reflect(p, t))), _EXACT),
+           lambda p, m: (lambda x, t: m.score(x, p, _reflect(p, t))), _EXACT + ("fokker_planck",)),
     Mutant("score_missing_alpha", "the mixture noised without alpha (components mu, Sigma + sigma² I)", "score",
-           lambda p, m: (lambda x, t: m.score(x, _AlphaOne(p), t)), _EXACT, _not_constant_alpha),
+           lambda p, m: (lambda x, t: m.score(x, _AlphaOne(p), t)), _EXACT + ("fokker_planck",),
+           _not_constant_alpha),
     Mutant("wrong_temperature", "the score of p_t at temperature 1.25 (0.8 times the score)", "score",
            lambda p, m: (lambda x, t: 0.8 * m.score(x, p, t)), _EXACT + ("fokker_planck",)),
     Mutant("non_conservative", "the score plus 0.2 times a quarter turn of it (not a gradient)", "score",
            lambda p, m: (lambda x, t: (lambda s: s + 0.2 * _rotation(s))(m.score(x, p, t))),
-           _EXACT + ("conservative",), lambda p, m: m.dim >= 2),
+           _EXACT + ("conservative", "fokker_planck"), lambda p, m: m.dim >= 2),
     Mutant("time_quantised", "the network sees t rounded up to 8 steps", "score",
-           _time_quantised, _EXACT + ("likelihood",)),
+           _time_quantised, _EXACT + ("fokker_planck", "likelihood")),
     Mutant("denoiser_sigma_for_variance", "the x0 view (x + sigma score) / alpha (sigma for sigma²)", "views",
            _denoiser_sigma_for_variance, ("views",)),
 )
