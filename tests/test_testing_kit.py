@@ -12,7 +12,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from scoresde import VE, VP, DiscreteVP, Process
+from scoresde import VP, DiscreteVP, Process
 from scoresde.testing import (EXACT_CHECKS, LEARNED_CHECKS, PROCESS_CHECKS, CheckFailed, check_exact_score,
                               check_learned, check_process, noisy_batch, sample_times, zoo)
 from scoresde.testing.strategies import batches, devices, dtypes, mixtures, processes, seeds, times
@@ -131,7 +131,7 @@ def test_likelihood_solvers_agree_on_a_smooth_score_and_not_on_a_rough_one():
     process = VP()
     mixture = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[[0.25]], [[0.25]]])
     data = mixture.sample(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    kw = dict(checks=("likelihood",), likelihood_steps=16, likelihood_rtol=1e-4)
+    kw = dict(checks=("likelihood",), likelihood_steps=16, likelihood_rtol=1e-3)
     check_learned(mixture.score_fn(process), process, data, **kw).assert_ok()
     rough = zoo.get("time_quantised").build(process, mixture)
     bad = check_learned(rough, process, data, **kw)["likelihood"]

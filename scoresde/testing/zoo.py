@@ -8,7 +8,6 @@ The kit's own tests assert every mutant is caught and every correct model passes
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..processes import VP, DiscreteVP, Process, SubVP
-from ..score import ScoreFn, predict
+from ..score import ScoreFn
 from .exact import check_exact_score
 from .learned import check_learned
 from .process import check_process
@@ -247,8 +246,7 @@ def _run(target: str, model, process: Process, mixture, seed: int, likelihood: b
         return check_learned(mixture.score_fn(process), process, data, views=model, checks=("views",), seed=seed)
     learned = ("conservative", "views", "fokker_planck") + (("likelihood",) if likelihood else ())
     return (check_exact_score(model, process, mixture=mixture, seed=seed)
-            + check_learned(model, process, data, checks=learned, seed=seed, likelihood_samples=4,
-                            likelihood_steps=32))
+            + check_learned(model, process, data, checks=learned, seed=seed, likelihood_samples=4))
 
 
 _EXACT = ("gradient", "tweedie", "mixture")

@@ -1,0 +1,180 @@
+"""Issue 19: scoresde.testing's learned-model report on a ring8 run as it trains, and the broken-model zoo table.
+
+    python -m benchmarks.testing_kit                       # ring8, 3000 steps, reports at steps 500, 1500, 3000
+    python -m benchmarks.testing_kit --steps 3000 --at 500,1500,3000 --n 256
+
+Trains one small ring8 run (VP, eps-prediction MLP, checkpoints every 500 steps), then for each chosen checkpoint
+times check_learned on its EMA network (float64, n clean ring8 points noised at 4 levels) and, for reference, on the
+exact ring8 score. The last column is what the report cannot see: the network's true relative score error against
+the exact mixture, sqrt(E|s - s*|² / E|s*|²) over the same levels. Then every zoo mutant is checked on ring8.
+Writes benchmarks/results/testing_kit.json and benchmarks/RESULTS_testing.md. One intra-op thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import toy_data
+from benchmarks._common import write_json
+from scoresde import VE, VP, DiscreteVP
+from scoresde.losses import DSMLoss
+from scoresde.nets import build_net
+from scoresde.processes import from_config
+from scoresde.testing import check_learned, noise_levels, zoo
+# The trainer's one import site. scoresde/train.py no longer imports in this tree (it predates the loss objects) and
+# scoresde.training has config and checkpoint but not yet its loop: `train_run` below stands in for
+# scoresde.training.train(config, out) until it lands (then: from scoresde.training import TrainConfig, load_model,
+# train, and train_run's body becomes train(config, out)).
+from scoresde.training.checkpoint import load_model, save_checkpoint
+from scoresde.training.config import TrainConfig
+
+KEYS = ("conservative", "views", "fokker_planck", "likelihood")
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS_testing.md"
+
+
+def train_run(cfg: TrainConfig, out: Path) -> tuple[float, list[float]]:
+    """DSM training as scoresde.training.train does it (Adam, warm-up + cosine lr, clipping, EMA with warm-up,
+    checkpoints every cfg.checkpoint_every steps into out); -> (seconds, loss per step)."""
+    torch.manual_seed(cfg.seed)
+    data, process = toy_data.load(cfg.data), from_config(cfg.process)
+    net = build_net(cfg.net)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    loss_fn, g, losses = DSMLoss(cfg.weighting), torch.Generator().manual_seed(cfg.seed), []
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        frac = max(0, step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        cosine = cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+        opt.param_groups[0]["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * cosine
+        loss = loss_fn(net, process, data.sample(cfg.batch, generator=g), None, generator=g).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1.0 - decay)
+        losses.append(float(loss.detach()))
+        if (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(out, cfg, net, ema, opt, [g], step + 1)
+    return time.perf_counter() - t0, losses
+
+
+def true_score_error(score, process, target, data: torch.Tensor, levels: int) -> float:
+    """sqrt(E|s - s*|² / E|s*|²) against the exact mixture score, over the report's noise levels."""
+    g = torch.Generator().manual_seed(0)
+    num = den = 0.0
+    for t in noise_levels(process, levels):
+        tb = t.to(data.dtype).expand(data.shape[0])
+        x = process.perturb(data, tb, torch.randn(data.shape, generator=g, dtype=data.dtype))
+        exact = target.score(x, process, tb)
+        num += float((score(x, tb) - exact).square().sum())
+        den += float(exact.square().sum())
+    return (num / den) ** 0.5
+
+
+def learned_row(name: str, score, process, target, data, args) -> dict:
+    t0 = time.perf_counter()
+    report = check_learned(score, process, data, levels=args.levels)
+    seconds = time.perf_counter() - t0
+    row = {"model": name, "seconds": seconds, "report": report.to_dict(),
+           "true_score_error": true_score_error(score, process, target, data, args.levels)}
+    row.update({k: report[k].statistic for k in KEYS})
+    return row
+
+
+def train_and_report(args) -> tuple[list[dict], float]:
+    target = toy_data.load("ring8")
+    data = target.sample(args.n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cfg = TrainConfig(data="ring8", steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                      checkpoint_every=args.every, keep=args.steps // args.every + 1)
+    rows = [learned_row("exact ring8 score", target.score_fn(VP()), VP(), target, data, args)]
+    with tempfile.TemporaryDirectory() as run:
+        seconds, losses = train_run(cfg, Path(run))
+        for step in args.at:
+            model = load_model(Path(run) / "checkpoints" / f"step_{step:08d}")
+            model.net.double()
+            row = learned_row(f"step {step}", model.score_fn(), model.process, target, data, args)
+            recent = losses[max(0, step - args.every):step]
+            rows.append({**row, "step": step, "train_loss": sum(recent) / len(recent)})
+    return rows, seconds
+
+
+def zoo_rows() -> list[dict]:
+    """Every mutant on ring8 under a process it applies to; the failing checks with statistic and tolerance."""
+    ring = toy_data.load("ring8")
+    candidates = [VP(), VE(), DiscreteVP.linear(200)]
+    rows = []
+    for m in zoo.MUTANTS:
+        process = next(p for p in candidates if m.applies(p, ring))
+        t0 = time.perf_counter()
+        report = m.check(process, ring)
+        failed = [{"key": c.key, "statistic": c.statistic, "tolerance": c.tolerance} for c in report.failures]
+        correct = zoo.check_correct(m.target, process, ring, likelihood="likelihood" in m.caught_by)
+        rows.append({"mutant": m.name, "bug": m.bug, "process": repr(process), "caught": not report.ok,
+                     "caught_by": list(m.caught_by), "failed": failed, "correct_passes": correct.ok,
+                     "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def markdown(rows: list[dict], zoo_table: list[dict], command: str, train_seconds: float) -> str:
+    lines = ["# scoresde.testing: the learned-model report over training, and the broken-model zoo", "",
+             f"Command: `{command}` (one intra-op thread; JSON: `benchmarks/results/testing_kit.json`).", "",
+             f"## check_learned on a ring8 run (VP, eps-MLP, {train_seconds:.0f} s of training) as it trains", "",
+             "Each column is the report's statistic (its worst noise level; lower is better); `true err` is the "
+             "network's relative score error against the exact mixture, which the report does not use.", "",
+             "| model | train loss | conservative | views | fokker_planck | likelihood | true err | report s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        loss = f"{r['train_loss']:.4f}" if "train_loss" in r else "-"
+        lines.append(f"| {r['model']} | {loss} | " + " | ".join(f"{r[k]:.3g}" for k in KEYS)
+                     + f" | {r['true_score_error']:.3g} | {r['seconds']:.1f} |")
+    lines += ["", "Scales: conservative |J - Jᵀ| / |J|; views eps units per dimension; fokker_planck "
+              "|residual| / the sum of its terms' sizes; likelihood nats per dimension (dopri5 vs rk4, 64 steps).", "",
+              "## The zoo: every mutant on ring8, the checks that fail (statistic vs tolerance)", "",
+              "| mutant | bug | process | failing checks |", "|---|---|---|---|"]
+    for z in zoo_table:
+        fails = ", ".join(f"{f['key']} {f['statistic']:.2g} > {f['tolerance']:.0g}" for f in z["failed"])
+        lines.append(f"| {z['mutant']} | {z['bug']} | {z['process']} | {fails} |")
+    caught = sum(z["caught"] for z in zoo_table)
+    passes = sum(z["correct_passes"] for z in zoo_table)
+    lines += ["", f"Caught: {caught} / {len(zoo_table)}; the correct model passes the same checks in "
+              f"{passes} / {len(zoo_table)} cases."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--every", type=int, default=500)
+    p.add_argument("--at", default="500,1500,3000", help="checkpoint steps to report (multiples of --every)")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--n", type=int, default=256, help="clean ring8 points the report noises")
+    p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    args.at = [int(s) for s in args.at.split(",")]
+    if any(s % args.every or s > args.steps for s in args.at):
+        raise SystemExit(f"--at {args.at}: each step must be a multiple of --every {args.every} and <= --steps")
+    torch.set_num_threads(1)
+    command = "python -m benchmarks.testing_kit " + " ".join(sys.argv[1:])
+    rows, train_seconds = train_and_report(args)
+    zoo_table = zoo_rows()
+    write_json("testing_kit", {"command": command.strip(), "config": vars(args), "train_seconds": train_seconds,
+                               "rows": rows, "zoo": zoo_table})
+    text = markdown(rows, zoo_table, command.strip(), train_seconds)
+    RESULTS_MD.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
