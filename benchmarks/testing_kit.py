@@ -139,6 +139,15 @@ def markdown(rows: list[dict], zoo_table: list[dict], command: str, train_second
                      + f" | {r['true_score_error']:.3g} | {r['seconds']:.1f} |")
     lines += ["", "Scales: conservative |J - Jᵀ| / |J|; views eps units per dimension; fokker_planck "
               "|residual| / the sum of its terms' sizes; likelihood nats per dimension (dopri5 vs rk4, 64 steps).", "",
+              "Per noise level (`details` of the report; t from high to low signal-to-noise):", "",
+              "| model | check | " + " | ".join(f"t={t:.3g}" for t in rows[0]["report"]["checks"][0]["details"]["t"])
+              + " |", "|---|---|" + "---|" * len(rows[0]["report"]["checks"][0]["details"]["t"])]
+    for r in rows:
+        for c in r["report"]["checks"]:
+            if c["key"] in ("conservative", "fokker_planck"):
+                lines.append(f"| {r['model']} | {c['key']} | " + " | ".join(f"{v:.3g}" for v in c["details"]["value"])
+                             + " |")
+    lines += ["",
               "## The zoo: every mutant on ring8, the checks that fail (statistic vs tolerance)", "",
               "| mutant | bug | process | failing checks |", "|---|---|---|---|"]
     for z in zoo_table:
