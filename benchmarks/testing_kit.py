@@ -137,8 +137,19 @@ def markdown(rows: list[dict], zoo_table: list[dict], command: str, train_second
         loss = f"{r['train_loss']:.4f}" if "train_loss" in r else "-"
         lines.append(f"| {r['model']} | {loss} | " + " | ".join(f"{r[k]:.3g}" for k in KEYS)
                      + f" | {r['true_score_error']:.3g} | {r['seconds']:.1f} |")
+    trained = [r for r in rows if "step" in r]
+    trend = []
+    for key in KEYS + ("true_score_error",):
+        vals = [r[key] for r in trained]
+        verdict = "falls at every checkpoint" if all(b < a for a, b in zip(vals, vals[1:])) else (
+            "lower at the end" if vals[-1] < vals[0] else "does not fall")
+        trend.append(f"{key} " + " → ".join(f"{v:.3g}" for v in vals) + f" ({verdict})")
+    lines += ["", "Over training: " + "; ".join(trend) + "."]
     lines += ["", "Scales: conservative |J - Jᵀ| / |J|; views eps units per dimension; fokker_planck "
-              "|residual| / the sum of its terms' sizes; likelihood nats per dimension (dopri5 vs rk4, 64 steps).", "",
+              "|residual| / the sum of its terms' sizes; likelihood nats per dimension (dopri5 vs rk4, 64 steps). "
+              "The views of a one-headed network agree to rounding by construction (score.predict round trips): the "
+              "check measures something when a model has views of its own (a second head, a hand-written adapter; "
+              "see the zoo's denoiser_sigma_for_variance).", "",
               "Per noise level (`details` of the report; t from high to low signal-to-noise):", "",
               "| model | check | " + " | ".join(f"t={t:.3g}" for t in rows[0]["report"]["checks"][0]["details"]["t"])
               + " |", "|---|---|" + "---|" * len(rows[0]["report"]["checks"][0]["details"]["t"])]
