@@ -13,8 +13,6 @@ Writes benchmarks/results/testing_kit.json and benchmarks/RESULTS_testing.md. On
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import sys
 import tempfile
 import time
@@ -25,47 +23,17 @@ import torch
 import toy_data
 from benchmarks._common import write_json
 from scoresde import VE, VP, DiscreteVP
-from scoresde.losses import DSMLoss
-from scoresde.nets import build_net
-from scoresde.processes import from_config
 from scoresde.testing import check_learned, noise_levels, zoo
-# The trainer's one import site. scoresde/train.py no longer imports in this tree (it predates the loss objects) and
-# scoresde.training has config and checkpoint but not yet its loop: `train_run` below stands in for
-# scoresde.training.train(config, out) until it lands (then: from scoresde.training import TrainConfig, load_model,
-# train, and train_run's body becomes train(config, out)).
-from scoresde.training.checkpoint import load_model, save_checkpoint
-from scoresde.training.config import TrainConfig
+from scoresde.training import TrainConfig, load_model, train
 
 KEYS = ("conservative", "views", "fokker_planck", "likelihood")
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS_testing.md"
 
 
 def train_run(cfg: TrainConfig, out: Path) -> tuple[float, list[float]]:
-    """DSM training as scoresde.training.train does it (Adam, warm-up + cosine lr, clipping, EMA with warm-up,
-    checkpoints every cfg.checkpoint_every steps into out); -> (seconds, loss per step)."""
-    torch.manual_seed(cfg.seed)
-    data, process = toy_data.load(cfg.data), from_config(cfg.process)
-    net = build_net(cfg.net)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    loss_fn, g, losses = DSMLoss(cfg.weighting), torch.Generator().manual_seed(cfg.seed), []
-    t0 = time.perf_counter()
-    for step in range(cfg.steps):
-        frac = max(0, step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        cosine = cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-        opt.param_groups[0]["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * cosine
-        loss = loss_fn(net, process, data.sample(cfg.batch, generator=g), None, generator=g).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1.0 - decay)
-        losses.append(float(loss.detach()))
-        if (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(out, cfg, net, ema, opt, [g], step + 1)
-    return time.perf_counter() - t0, losses
+    """scoresde.training.train with checkpoints every cfg.checkpoint_every steps into out; -> (seconds, losses)."""
+    result = train(cfg, out, progress=False)
+    return result.seconds, result.losses
 
 
 def true_score_error(score, process, target, data: torch.Tensor, levels: int) -> float:
