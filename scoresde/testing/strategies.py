@@ -17,28 +17,28 @@ import torch
 
 from toy_data import GaussianMixture
 
-from ..processes import VE, VP, DiscreteVP, Process, SubVP
+from ..processes import EDM, VE, VP, DiscreteVP, Process, SubVP
 from .data import noisy_batch, sample_times
 
 __all__ = ["processes", "times", "mixtures", "batches", "dtypes", "devices", "seeds", "PROCESS_KINDS"]
 
 seeds = st.integers(0, 2**31 - 1)
-PROCESS_KINDS = ("ve", "vp", "subvp", "ddpm", "ddpm-cosine", "ddpm-custom")
+PROCESS_KINDS = ("ve", "edm", "vp", "subvp", "ddpm", "ddpm-cosine", "ddpm-custom")
 
 
 @st.composite
 def processes(draw, discrete: bool = True, reaches_prior: bool = True, kinds: tuple[str, ...] | None = None):
-    """VE, VP, SubVP and (discrete=True) DiscreteVP with linear, cosine or custom betas, parameters drawn at random.
+    """VE, EDM, VP, SubVP and (discrete=True) DiscreteVP with linear, cosine or custom betas, parameters drawn at random.
 
     reaches_prior=True keeps to parameters whose marginal at t_max is the prior for data of unit scale
     (check_process's "prior" passes); False draws the wider ranges that the other identities hold on too.
     """
     kinds = kinds or tuple(k for k in PROCESS_KINDS if discrete or not k.startswith("ddpm"))
     kind = draw(st.sampled_from(kinds))
-    if kind == "ve":
+    if kind in ("ve", "edm"):  # EDM: alpha = 1, sigma = t on [sigma_min, sigma_max]
         lo = draw(st.floats(1e-3, 0.5))
         hi = draw(st.floats(30.0, 1000.0)) if reaches_prior else lo * draw(st.floats(2.0, 5000.0))
-        return VE(lo, hi)
+        return (VE if kind == "ve" else EDM)(lo, hi)
     if kind in ("vp", "subvp"):
         bmin = draw(st.floats(0.01, 1.0))
         return (VP if kind == "vp" else SubVP)(bmin, bmin + draw(st.floats(15.0 if reaches_prior else 1.0, 30.0)))
