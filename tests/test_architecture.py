@@ -136,6 +136,24 @@ def test_functions_are_short_and_the_cli_is_thin():
     assert len((ROOT / "scoresde" / "cli.py").read_text().splitlines()) <= 320
 
 
+OPTIONAL_PEERS = ("diffusers", "k_diffusion")  # extras (scoresde[diffusers]); the core never needs them
+
+
+def _module_level_imports(tree: ast.AST) -> list[str]:
+    """Modules imported outside any function (those run on import)."""
+    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)}
+    return [a.name if isinstance(n, ast.Import) else n.module or "" for n in ast.walk(tree) if id(n) not in lazy
+            and isinstance(n, (ast.Import, ast.ImportFrom)) for a in (n.names if isinstance(n, ast.Import) else [n])]
+
+
+def test_optional_peers_are_imported_lazily():
+    for module, (tree, _) in SOURCES.items():
+        peers = [m for m in _module_level_imports(tree) if m.split(".")[0] in OPTIONAL_PEERS]
+        assert not peers, f"{module} imports {peers} on import; import them inside the functions that need them"
+    assert _module_level_imports(ast.parse("import diffusers\ndef f():\n    import k_diffusion\n")) == ["diffusers"]
+
+
 def test_rules_catch_a_violation():
     """The checks above are not vacuous: a layer violation and a cycle in a made-up graph are found."""
     assert _layer("scoresde.samplers.ode") > _layer("scoresde.schedules")
