@@ -12,12 +12,15 @@ import torch
 
 import toy_data
 
-from .evaluation import compare, evaluate_nll, guided_score_for, preview, sample_model, save, trajectories
+from .evaluation import (compare, compare_images, evaluate_nll, guided_score_for, preview, sample_model, save,
+                         save_images, trajectories)
 from .evaluation.digits import cache_dir, evaluate_digits, load_digits_classifier
+from .interop import from_diffusers
 from .processes import PROCESSES, from_config
 from .samplers.registry import GRIDS, SAMPLERS, get_sampler
 from .training import (Model, NonFiniteLossError, config_from_options, latest_checkpoint, load_checkpoint, load_model,
                        train)
+
 
 def _csv(text: str, what: str, kind: type = int) -> list:
     try:
@@ -51,6 +54,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from .plotting import plot_score_fields
 
     samplers = None if args.samplers == "all" else [s.strip() for s in args.samplers.split(",")]
+    if args.diffusers is not None:  # an image model: seconds per image, sample grids, FD for digits
+        if args.grid or args.float64 or args.score_field or args.trajectories:
+            raise ValueError("--grid, --float64, --score-field and --trajectories are for point models, not --diffusers")
+        result = compare_images(_model(args), samplers, _csv(args.nfe, "--nfe"), n=args.n or 64, seed=args.seed)
+        print(result.table(f"{args.diffusers}"), *(f"skip {line}" for line in result.skipped), sep="\n")
+        print(f"wrote {', '.join(map(str, save_images(result, args.out)))}")
+        return
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, device=args.device)
         process, name, score = model.process, model.config.data, model.score_fn()
@@ -62,9 +72,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         score = target.score_fn(process)
     if args.score_field and not isinstance(target, toy_data.GaussianMixture):
         raise ValueError("--score-field draws the exact score; it needs a Gaussian-mixture target")
-    result = compare(target, process, samplers, _csv(args.nfe, "--nfe"), score=score, n=args.n, seed=args.seed,
+    n = args.n or 5000
+    result = compare(target, process, samplers, _csv(args.nfe, "--nfe"), score=score, n=n, seed=args.seed,
                      grid=args.grid, dtype=torch.float64 if args.float64 else torch.float32, device=args.device,
-                     pairwise_n=min(args.n, args.pairwise_n))
+                     pairwise_n=min(n, args.pairwise_n))
     for line in result.skipped:
         print(f"skip {line}", file=sys.stderr)
     print(result.table(f"{name} under {process!r}, {source}"))
@@ -120,7 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .plotting import save_samples
 
-    model = load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+    model = _model(args)
     spec = get_sampler(args.sampler)
     n = args.n if args.n is not None else (10000 if len(model.event_shape) == 1 else 100)
     if args.grid == "optimized":
@@ -141,6 +152,17 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     title = f"{args.sampler}, NFE {spec.nfe(spec.steps_for(args.nfe))}" + \
         (f", label {args.label}" if args.label is not None else "")
     print(f"wrote {', '.join(map(str, save_samples(samples, Path(args.out), reference=ref, title=title)))}")
+
+
+def _model(args: argparse.Namespace):
+    """The model of --checkpoint (a scoresde run) or --diffusers (a local diffusers folder)."""
+    if getattr(args, "diffusers", None) is None:
+        if getattr(args, "null_label", None) is not None:
+            raise ValueError("--null-label is for --diffusers models (scoresde's own use their last label)")
+        return load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+    if getattr(args, "no_ema", False):
+        raise ValueError("--no-ema is for scoresde checkpoints; a diffusers folder holds one set of weights")
+    return from_diffusers(args.diffusers, device=args.device, null_label=getattr(args, "null_label", None))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -192,6 +214,12 @@ def _add(p: argparse.ArgumentParser, *specs: tuple) -> None:
             p.add_argument(flag, default=default, type=type(default) if default is not None else None, help=text)
 
 
+def _model_flags(p: argparse.ArgumentParser, checkpoint: str, required: bool) -> None:
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--checkpoint", help=checkpoint)
+    group.add_argument("--diffusers", help="a local diffusers folder (pipeline: unet/ + scheduler/) instead")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scoresde", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,12 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
          ("--nfe", "10,20,50", "comma-separated NFE budgets"),
          ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
                           "fitted on a pilot batch)"),
-         ("--n", 5000, "samples per run"), ("--pairwise-n", 2000, "points used by mmd and energy_distance (O(n²))"),
+         ("--n", int, "samples per run (default 5000 points, 64 images)"),
+         ("--pairwise-n", 2000, "points used by mmd and energy_distance (O(n²))"),
          ("--seed", 0, ""), ("--float64", False, "sample in float64"),
          ("--score-field", False, "also plot the exact score field"),
          ("--trajectories", False, "also plot sample trajectories"),
-         ("--checkpoint", None, "compare on a trained model's score (run directory) instead"),
          ("--device", "cpu", ""), ("--out", "runs/compare", ""))
+    _model_flags(p, "compare on a trained model's score (run directory) instead", required=False)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("train", argument_default=argparse.SUPPRESS,
@@ -253,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="sample a trained model: PNG plus .pt and .npy")
-    p.add_argument("--checkpoint", required=True, help=run)
+    _model_flags(p, run, required=True)
+    p.add_argument("--null-label", type=int, help="--diffusers class-conditional models: the CFG null class")
     _add(p, ("--sampler", "dpm_solver_pp", ""), ("--nfe", 20, ""), ("--grid", None, "replace the sampler's grid"),
          ("--n", int, "samples (default 10000 points or 100 images)"), ("--batch", 10000, "samples per sampler call"),
          ("--label", int, "class label (class-conditional models)"), ("--guidance", "none", "none, cfg or classifier"),

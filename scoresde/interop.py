@@ -182,7 +182,8 @@ def _load_net(folder: Path, device, dtype) -> nn.Module:
         raise ValueError(f"{folder} holds no config.json (a model folder) and no unet/ (a pipeline folder)")
     cls = _diffusers_class(_read_json(folder / "config.json").get("_class_name"), SUPPORTED_MODELS, folder)
     try:
-        net = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+        net = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=dtype,
+                                  low_cpu_mem_usage=False)  # True needs `accelerate` (and only says so)
     except OSError as e:
         raise ValueError(f"cannot load {folder} (safetensors weights expected): {e}") from None
     return net.to(device).eval().requires_grad_(False)

@@ -26,12 +26,17 @@ import torch
 
 import toy_data
 from scoresde import VE, guidance, interop, schedules
+from scoresde.cli import main
+from scoresde.evaluation import compare_images, images, sample_model, save_images
+from scoresde.evaluation.digits import DigitsClassifier
 from scoresde.processes import EDM, DiscreteVP
 from scoresde.samplers import ancestral, ddim, dpm_solver_pp, euler, heun
 
 from .conftest import DEVICE
 
 diffusers = pytest.importorskip("diffusers")
+# DPMSolverMultistepScheduler.set_timesteps calls np.array on a tensor (diffusers 0.42 with numpy 2)
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 SHAPE = (2, 1, 8, 8)
 N = 1000
@@ -43,19 +48,19 @@ TOL = 1e-5
 
 def _unet(**kw) -> "diffusers.UNet2DModel":
     """One resolution level, 8 channels, no attention: 6 ms per evaluation on one CPU core."""
-    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,),
-                                 layers_per_block=1, down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",),
-                                 norm_num_groups=4, add_attention=False, **kw)
+    kw = {"sample_size": 8, "in_channels": 1, "out_channels": 1, **kw}
+    return diffusers.UNet2DModel(block_out_channels=(8,), layers_per_block=1, down_block_types=("DownBlock2D",),
+                                 up_block_types=("UpBlock2D",), norm_num_groups=4, add_attention=False, **kw)
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A pipeline-layout folder (unet/, scheduler/) and a class-conditional model folder (4 class embeddings)."""
+    """Pipeline-layout folders (unet/, scheduler/): pipe, and cond (a class-conditional UNet, 4 class embeddings)."""
     root = tmp_path_factory.mktemp("diffusers")
     torch.manual_seed(0)
-    _unet().save_pretrained(root / "pipe" / "unet")
-    diffusers.DDPMScheduler(num_train_timesteps=N).save_pretrained(root / "pipe" / "scheduler")
-    _unet(num_class_embeds=4).save_pretrained(root / "cond")
+    for name, unet in (("pipe", _unet()), ("cond", _unet(num_class_embeds=4))):
+        unet.save_pretrained(root / name / "unet")
+        diffusers.DDPMScheduler(num_train_timesteps=N).save_pretrained(root / name / "scheduler")
     return root
 
 
@@ -185,8 +190,7 @@ def test_dpm_solver_pp_is_the_multistep_scheduler(net, schedule, prediction):
 def test_class_labels_null_label_and_cfg(saved):
     """labels reach the UNet's class embedding; labels=None is the configured null label; CFG on scores is CFG on
     eps (score = -eps / sigma at a fixed t), so guided DDIM equals diffusers' loop with guided eps."""
-    model = interop.from_diffusers(saved / "cond", diffusers.DDPMScheduler(num_train_timesteps=N), null_label=3,
-                                   device=DEVICE, dtype=torch.float64)
+    model = interop.from_diffusers(saved / "cond", null_label=3, device=DEVICE, dtype=torch.float64)
     assert model.num_classes == 3 and model.null_label == 3
     net, labels, w = model.net, torch.tensor([0, 2], device=DEVICE), 3.0
 
@@ -214,10 +218,10 @@ def test_loading_and_bad_input(saved, net):
     folder = interop.from_diffusers(saved / "pipe" / "unet", saved / "pipe" / "scheduler")
     assert torch.equal(folder.process.betas, interop.process_from_scheduler(diffusers.DDPMScheduler(N))[0].betas)
     assert all(torch.equal(a.double(), b.cpu()) for a, b in zip(folder.net.parameters(), net.parameters()))
-    cond = interop.from_diffusers(saved / "cond", saved / "pipe")
+    cond = interop.from_diffusers(saved / "cond" / "unet", saved / "pipe")
     bad = {
         "not a local folder": lambda: interop.from_diffusers("google/ddpm-cifar10-32"),
-        "no scheduler/": lambda: interop.from_diffusers(saved / "cond"),
+        "no scheduler/": lambda: interop.from_diffusers(saved / "pipe" / "unet"),
         "zero terminal SNR": lambda: interop.from_diffusers(net, diffusers.DDPMScheduler(rescale_betas_zero_snr=True)),
         "give labels": lambda: cond.score_fn(),
         "outside": lambda: cond.score_fn(4),
@@ -232,6 +236,57 @@ def test_loading_and_bad_input(saved, net):
     (text_model / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     with pytest.raises(ValueError, match="UNet2DConditionModel.*supported: UNet2DModel"):
         interop.from_diffusers(text_model, saved / "pipe")
+
+
+def test_cli_sample_and_compare_a_diffusers_folder(saved, tmp_path, capsys, monkeypatch):
+    """`scoresde sample --diffusers` gives the API's samples; `compare --diffusers` on a digits-shaped model
+    measures every run with the digits classifier (an untrained one here: the wiring, not the numbers)."""
+    pipe = str(saved / "pipe")
+    assert main(["sample", "--diffusers", pipe, "--sampler", "ddim", "--nfe", "4", "--n", "3",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    expected = sample_model(interop.from_diffusers(pipe), 3, sampler="ddim", nfe=4,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.load(tmp_path / "s.pt"), expected)
+    assert main(["sample", "--diffusers", str(saved / "cond"), "--null-label", "3", "--guidance", "cfg", "--label",
+                 "1", "--w", "2", "--nfe", "3", "--n", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert torch.load(tmp_path / "g.pt").shape == (2, 1, 8, 8)
+
+    monkeypatch.setattr(images, "load_digits_classifier", lambda device=None: DigitsClassifier().eval())
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert main(["compare", "--diffusers", pipe, "--samplers", "ddim,annealed_langevin", "--nfe", "3,5", "--n", "4",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "FD" in text and "skip annealed_langevin at NFE 3" in text
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert [(r["sampler"], r["nfe"]) for r in records] == [("ddim", 3), ("ddim", 5)]
+    assert all(r["fd"] > 0 and r["seconds_per_image"] > 0 for r in records)
+    assert (out / "samples_ddim.png").read_bytes()[:4] == b"\x89PNG"
+    for argv, needle in [(["sample", "--diffusers", "hub/model"], "not a local folder"),
+                         (["sample", "--checkpoint", "x", "--diffusers", pipe], "not allowed with"),
+                         (["compare", "--diffusers", pipe, "--grid", "karras"], "point models"),
+                         (["sample", "--diffusers", pipe, "--no-ema"], "--no-ema")]:
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and needle in err[-1] and "Traceback" not in "".join(err), argv
+
+
+def test_compare_images_measures_nfe_and_time_on_any_image_model(saved, tmp_path):
+    torch.manual_seed(1)
+    model = interop.from_diffusers(_unet(in_channels=3, out_channels=3, sample_size=4),
+                                   diffusers.DDPMScheduler(num_train_timesteps=N))
+    result = compare_images(model, ["ddim", "heun"], [3, 5], n=2)
+    assert [(r["sampler"], r["budget"], r["nfe"]) for r in result.records] == \
+        [("ddim", 3, 3), ("ddim", 5, 5), ("heun", 3, 3), ("heun", 5, 5)]
+    assert all(r["seconds_per_image"] > 0 and "fd" not in r for r in result.records)
+    assert result.samples["heun", 5].shape == (2, 3, 4, 4)
+    written = save_images(result, tmp_path)
+    assert [p.name for p in written] == ["results.json", "samples_ddim.png", "samples_heun.png"]
+    with pytest.raises(ValueError, match="image models"):
+        compare_images(type("Points", (), {"event_shape": (2,)})(), ["ddim"], [3])
 
 
 # -- EDM and k-diffusion ------------------------------------------------------------------------------------------
