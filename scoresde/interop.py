@@ -144,8 +144,8 @@ class DiffusersModel:
             with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
                 out = net(x.to(dtype), timestep_of(process, t).to(x.device), return_dict=False, **kw)[0]
             out = out[:, : x.shape[1]].to(x.dtype)  # learned-variance networks: the mean half
-            alpha, sigma = process.alpha(t).to(x.dtype), process.sigma(t).to(x.dtype)
-            return convert(out, x, alpha, sigma, src=prediction, dst="score")
+            alpha, sigma = process.alpha_sigma(t)
+            return convert(out, x, alpha.to(x.dtype), sigma.to(x.dtype), src=prediction, dst="score")
 
         return score
 

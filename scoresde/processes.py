@@ -403,6 +403,10 @@ class DiscreteVP(Process):
     def _sigma(self, t):
         return torch.sqrt(-torch.expm1(self._log_alpha_bar(t)))
 
+    def _alpha_sigma(self, t):
+        lab = self._log_alpha_bar(t)  # one table lookup for both
+        return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
+
     def _log_snr(self, t):
         lab = self._log_alpha_bar(t)
         return lab - torch.log(-torch.expm1(lab))
