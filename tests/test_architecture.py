@@ -133,7 +133,12 @@ def test_functions_are_short_and_the_cli_is_thin():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 90, f"{module}.{node.name} is {length} lines"
-    assert len((ROOT / "scoresde" / "cli.py").read_text().splitlines()) <= 320
+    # cli.py parses and prints: 296 lines with the six commands of issue 16; each later command (langevin, anneal,
+    # the diffusers and inpainting options) adds its parser lines and a short handler, its logic in the library
+    cli = SOURCES["scoresde.cli"][0]
+    handlers = [n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name not in ("build_parser", "main")]
+    assert all(n.end_lineno - n.lineno + 1 <= 45 for n in handlers), [(n.name, n.end_lineno - n.lineno + 1) for n in handlers]
+    assert len((ROOT / "scoresde" / "cli.py").read_text().splitlines()) <= 480
 
 
 OPTIONAL_PEERS = ("diffusers", "k_diffusion")  # extras (scoresde[diffusers]); the core never needs them
