@@ -1,13 +1,16 @@
 """Issue 22: linear inverse problems on Gaussian-mixture priors, every method measured against the exact posterior.
 
-    python -m benchmarks.inverse                 # ~4 min on one core; benchmarks/results/inverse.json
-    python -m benchmarks.inverse --reps 2 --n 1000 --name inverse_quick
+    python -m benchmarks.inverse                 # ~5 min on one core; benchmarks/results/inverse.json
+    python -m benchmarks.inverse --nfe 200 --noise 0 --methods replacement,repaint --name inverse_nfe200
+    python -m benchmarks.inverse --t-min 1e-3 --methods exact --name inverse_tmin1e-3   # VP's default t_min
 
 The prior is a Gaussian mixture (2-D: toy_data's aniso; 5-D: four components drawn from seed 22), the measurement
 y = A x0* + noise_std n of one prior draw x0* (A: a Mask, a BlockAverage or a random Projection; n fixed, so the
 noise levels share it), and the exact posterior p(x0 | y) is `GaussianMixture.condition(A, y, noise_std)`.
-Every method samples --reps sets of --n points at NFE <= 50 (measured by CountEvals), each compared with its own
-exact posterior set:
+The process is VP with t_min = 1e-4 (sigma 0.003): posteriors of measurements with noise 0.05 have standard
+deviations down to 0.015, and at VP's default t_min (sigma 0.01) the final Tweedie step visibly shrinks them (the
+--t-min 1e-3 run). Every method samples --reps sets of --n points at NFE <= --nfe (measured by CountEvals), each
+compared with its own exact posterior set:
     sw     mean sliced W2 to the exact sets over the mean of the floor (the same distance between two exact sets);
     gap    mean log posterior density of the samples minus that of exact samples, in standard errors (noise > 0:
            a noiseless posterior has no density);
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 
 import torch
@@ -33,9 +37,8 @@ from scoresde.metrics import log_density_gap, sliced_wasserstein
 from scoresde.schedules import uniform_log_snr, uniform_t
 
 NOISE = (0.0, 0.05, 0.2)
-ZETAS = (1.0, 3.0, 10.0, 30.0)
-NFE = 50
-REPAINT_R = 5  # RePaint: 9 steps x 5 tries + 1 = NFE 46
+ZETAS = (0.003, 0.01, 0.03, 0.1)  # DPS's ζ' (per DDPM step of 1000)
+REPAINT_R = (5, 10)  # RePaint's tries per step; at NFE 50: 9 steps x 5 + 1 = 46, 4 x 10 + 1 = 41
 
 
 def mixture_5d() -> toy_data.GaussianMixture:
@@ -64,20 +67,21 @@ def moments(m: toy_data.GaussianMixture) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, second - mean[:, None] * mean[None, :]
 
 
-def methods(prior, post, op, y, noise_std, process):
-    """name -> (ScoreFn factory, sampler, grid): every method at NFE <= 50."""
+def methods(prior, post, op, y, noise_std, process, nfe: int):
+    """name -> (ScoreFn, sampler, grid): every method at NFE <= nfe."""
     prior_score = prior.score_fn(process)
-    log_snr, t_grid = uniform_log_snr(process, NFE - 1), uniform_t(process, NFE - 1)
+    log_snr, t_grid = uniform_log_snr(process, nfe - 1), uniform_t(process, nfe - 1)
     out = {
         "exact, dpm_solver_pp": (post.score_fn(process), dpm_solver_pp, log_snr),
         "exact, ancestral": (post.score_fn(process), ancestral, t_grid),
         "pigdm, dpm_solver_pp": (G.pigdm(prior_score, process, op, y, noise_std), dpm_solver_pp, log_snr),
         "pigdm, ancestral": (G.pigdm(prior_score, process, op, y, noise_std), ancestral, t_grid),
         "replacement, ancestral": (prior_score, G.replacement(ancestral, op, y), t_grid),
-        f"repaint r={REPAINT_R}, ancestral": (prior_score, G.repaint(ancestral, op, y, REPAINT_R),
-                                              uniform_t(process, (NFE - 1) // REPAINT_R)),
         "prior (no conditioning)": (prior_score, dpm_solver_pp, log_snr),
     }
+    for r in REPAINT_R:
+        out[f"repaint r={r}, ancestral"] = (prior_score, G.repaint(ancestral, op, y, r),
+                                            uniform_t(process, (nfe - 1) // r))
     for z in ZETAS:
         out[f"dps zeta={z:g}, ancestral"] = (G.dps(prior_score, process, op, y, z), ancestral, t_grid)
     return out
@@ -106,7 +110,7 @@ def measure(name, score, sampler, ts, post, process, refs, floor, n, reps, dim) 
     return rec
 
 
-def run_problem(label, prior, op, noise_std, n, reps, process) -> dict:
+def run_problem(label, prior, op, noise_std, n, reps, process, nfe, keep) -> dict:
     g = torch.Generator().manual_seed(24)
     x_true = prior.sample(1, generator=g, dtype=torch.float64)
     y = op.A(x_true)[0] + noise_std * torch.randn(op.measurement_shape, generator=g, dtype=torch.float64)
@@ -116,7 +120,8 @@ def run_problem(label, prior, op, noise_std, n, reps, process) -> dict:
     floor = statistics.mean(float(sliced_wasserstein(post.sample(n, generator=torch.Generator().manual_seed(2 * r + 2),
                                                                  dtype=torch.float64), refs[r])) for r in range(reps))
     records = [measure(name, score, sampler, ts, post, process, refs, floor, n, reps, prior.dim)
-               for name, (score, sampler, ts) in methods(prior, post, op, y, noise_std, process).items()]
+               for name, (score, sampler, ts) in methods(prior, post, op, y, noise_std, process, nfe).items()
+               if keep(name)]
     return {"problem": label, "noise_std": noise_std, "y": y.tolist(), "x_true": x_true[0].tolist(),
             "posterior_weights": post.weights.tolist(), "sw_floor": floor, "records": records}
 
@@ -124,6 +129,8 @@ def run_problem(label, prior, op, noise_std, n, reps, process) -> dict:
 def best_dps(records: list[dict]) -> list[dict]:
     """The records with the DPS sweep replaced by its best ζ (smallest sw_ratio)."""
     dps = [r for r in records if r["method"].startswith("dps")]
+    if not dps:
+        return records
     best = min(dps, key=lambda r: r["sw_ratio"])
     return [r for r in records if not r["method"].startswith("dps")] + [{**best, "method": best["method"] + " (best)"}]
 
@@ -144,16 +151,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000, help="samples per set")
     p.add_argument("--reps", type=int, default=4, help="independent sets per method (and exact pairs for the floor)")
+    p.add_argument("--nfe", type=int, default=50, help="NFE budget of every method")
+    p.add_argument("--t-min", type=float, default=1e-4, help="VP's t_min (its default is 1e-3)")
+    p.add_argument("--noise", default=",".join(map(str, NOISE)), help="comma-separated noise_std values")
+    p.add_argument("--methods", default="", help="comma-separated method-name prefixes (default: all)")
     p.add_argument("--name", default="inverse")
     args = p.parse_args()
     torch.set_num_threads(1)
-    process = VP()
+    process = VP(t_min=args.t_min)
+    prefixes = [m for m in args.methods.split(",") if m]
+
+    def keep(name: str) -> bool:
+        return not prefixes or any(name.startswith(m) for m in prefixes)
+
     t0 = time.perf_counter()
-    results = [run_problem(label, prior, op, s, args.n, args.reps, process)
-               for label, prior, op in problems() for s in NOISE]
+    results = [run_problem(label, prior, op, float(s), args.n, args.reps, process, args.nfe, keep)
+               for label, prior, op in problems() for s in args.noise.split(",")]
     print_table(results)
-    path = write_json(args.name, {"command": f"python -m benchmarks.inverse --n {args.n} --reps {args.reps} "
-                                             f"--name {args.name}", "process": repr(process), "nfe": NFE,
+    command = "python -m benchmarks.inverse " + " ".join(sys.argv[1:])
+    path = write_json(args.name, {"command": command.strip(), "process": repr(process), "nfe": args.nfe,
                                   "seconds": time.perf_counter() - t0, "results": results})
     print(f"\n{time.perf_counter() - t0:.0f} s; wrote {path}")
 

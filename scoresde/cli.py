@@ -132,6 +132,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from .plotting import save_samples
 
     model = _model(args)
+    if args.inpaint is not None:
+        return _inpaint(args, model)
+    args.sampler, args.nfe = args.sampler or "dpm_solver_pp", args.nfe or 20
     spec = get_sampler(args.sampler)
     n = args.n if args.n is not None else (10000 if len(model.event_shape) == 1 else 100)
     if args.grid == "optimized":
@@ -163,6 +166,20 @@ def _model(args: argparse.Namespace):
     if getattr(args, "no_ema", False):
         raise ValueError("--no-ema is for scoresde checkpoints; a diffusers folder holds one set of weights")
     return from_diffusers(args.diffusers, device=args.device, null_label=getattr(args, "null_label", None))
+
+
+def _inpaint(args: argparse.Namespace, model) -> None:
+    """sample --inpaint: the unconditional score (null label), the library's sample_inpainting, one line of results."""
+    from .evaluation.inpaint import sample_inpainting
+
+    res = sample_inpainting(model.score_fn(None), model.process, model.event_shape, args.inpaint, args.observed,
+                            n=args.n, method=args.inpaint_method, sampler=args.sampler or "ancestral",
+                            nfe=args.nfe or 50, seed=args.seed, out=args.out, device=args.device,
+                            digits=model.config.data == "digits")
+    kept = f"; class kept {res['class_kept']:.1%} (whole image {res['class_full']:.1%}, masked " \
+           f"{res['class_masked']:.1%})" if "class_kept" in res else ""
+    print(f"inpainted {res['n']} images ({res['method']}, {res['sampler']}, NFE {res['nfe']}){kept}; wrote "
+          f"{', '.join(str(f) for f in res['files'])}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -284,8 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a trained model: PNG plus .pt and .npy")
     _model_flags(p, run, required=True)
     p.add_argument("--null-label", type=int, help="--diffusers class-conditional models: the CFG null class")
-    _add(p, ("--sampler", "dpm_solver_pp", ""), ("--nfe", 20, ""), ("--grid", None, "replace the sampler's grid"),
+    _add(p, ("--sampler", None, "default dpm_solver_pp (ancestral with --inpaint)"),
+         ("--nfe", int, "default 20 (50 with --inpaint)"), ("--grid", None, "replace the sampler's grid"),
          ("--n", int, "samples (default 10000 points or 100 images)"), ("--batch", 10000, "samples per sampler call"),
+         ("--inpaint", None, "inpaint images: lower-half, upper-half, left-half, right-half (the half to fill in) "
+                             "or MASK.png (white = fill in)"),
+         ("--observed", None, "with --inpaint: IMAGE.png (digits models: default the first --n held-out digits)"),
+         ("--inpaint-method", "repaint", "repaint, replacement or pigdm"),
          ("--label", int, "class label (class-conditional models)"), ("--guidance", "none", "none, cfg or classifier"),
          ("--w", 1.0, "classifier-free guidance weight"), ("--classifier", None, "noise-aware classifier run"),
          ("--scale", 1.0, "classifier guidance scale"), ("--no-ema", False, "the trained weights, not the EMA"),

@@ -13,7 +13,7 @@ sum to one (as in `classifier_free` and `interval`).
 Linear inverse problems, y = A x0 + noise_std n with n ~ N(0, I) and A one of the operators below
 (Mask: inpainting, BlockAverage: super-resolution, Projection: any full-row-rank matrix, e.g. grayscale):
 
-    dps              score + ζ_t ∇_x log N(y; A x0_hat(x_t), I), ζ_t = ζ / |y - A x0_hat|   (Chung et al. 2023)
+    dps              score + ζ_t ∇_x log N(y; A x0_hat(x_t), I), ζ_t ∝ ζ / |y - A x0_hat|   (Chung et al. 2023)
     pigdm            score + ∇_x log N(y; A x0_hat(x_t), r_t² A Aᵀ + noise_std² I)         (Song et al. 2023)
     replacement      a sampler -> a sampler: after each step A x_t is set to a draw of alpha_t y + sigma_t A eps
                      (Song et al. 2021's imputation); acts on x, so it wraps the sampler, not the score
@@ -385,7 +385,7 @@ class Projection(LinearOperator):
 
 # -- measurement guidance: scores ---------------------------------------------------------------------------------
 
-Cotangent = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+Cotangent = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def _check_problem(A: object, y: Tensor) -> Tensor:
@@ -402,7 +402,7 @@ def _check_noise_std(noise_std: object) -> float:
 
 
 def _x0_guided(score: ScoreFn, process: Process, y: Tensor, cotangent: Cotangent) -> ScoreFn:
-    """score(x, t) + (∂x0_hat/∂x)ᵀ c, c = cotangent(x0_hat, y, alpha, sigma) held constant, x0_hat Tweedie's estimate
+    """score(x, t) + (∂x0_hat/∂x)ᵀ c, c = cotangent(x0_hat, y, alpha, sigma, t) held constant, x0_hat Tweedie's estimate
     from the same score evaluation: one NFE and one vector-Jacobian product per call."""
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
@@ -412,30 +412,33 @@ def _x0_guided(score: ScoreFn, process: Process, y: Tensor, cotangent: Cotangent
             s = score(xg, tg)
             alpha, sigma = process.alpha(tg).to(x.dtype), process.sigma(tg).to(x.dtype)
             x0 = tweedie(xg, s, alpha, sigma)
-            c = cotangent(x0.detach(), y.to(device=x.device, dtype=x.dtype), alpha, sigma)
+            c = cotangent(x0.detach(), y.to(device=x.device, dtype=x.dtype), alpha, sigma, tg)
             (grad,) = torch.autograd.grad(x0, xg, grad_outputs=c, create_graph=track)
         return (s if track else s.detach()) + grad
 
     return guided
 
 
-def dps(score: ScoreFn, process: Process, A: LinearOperator, y: Tensor, zeta: Weight = 1.0) -> ScoreFn:
-    """Diffusion posterior sampling (Chung et al. 2023): score + ζ_t ∇_x log N(y; A x0_hat(x_t), I) with the
-    step-size normalisation ζ_t = ζ / |y - A x0_hat| per sample, i.e. score - ζ ∇_x |y - A x0_hat(x_t)|, the
-    gradient by autograd through Tweedie's x0_hat. Any noise level of y is absorbed in ζ.
+def dps(score: ScoreFn, process: Process, A: LinearOperator, y: Tensor, zeta: Weight = 1.0, *,
+        steps: int = 1000) -> ScoreFn:
+    """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1) as a score: score - w(t) ∇_x |y - A x0_hat(x)|,
+    the gradient by autograd through Tweedie's x0_hat, i.e. score + ζ_t ∇_x log N(y; A x0_hat, I) with DPS's
+    normalisation ζ_t = ζ / |y - A x0_hat| (per sample), rescaled to DPS's step size (noise in y absorbed in ζ).
 
-    The paper moves x by -ζ' ∇|y - A x0_hat| after each of 1000 DDPM steps; a step that moves x by B · score
-    (B ≈ g(t)² Δt for ancestral and Euler-Maruyama steps) applies it with ζ' = B ζ, so one ζ here means the same
-    guidance at every NFE. ζ is not calibrated: DPS is biased for any ζ (benchmarks/RESULTS_inverse.md).
+    DPS moves x by -ζ ∇|y - A x0_hat| after each of `steps` DDPM steps; a step that moves x by B · score has
+    B ≈ g(t)² Δt (ancestral, Euler-Maruyama), so the same guidance as a score has weight w(t) = ζ steps / g(t)²,
+    whatever the sampler's NFE. ζ is the paper's ζ' (1 on 256² images; data of another size wants another ζ).
     """
     _check_score("score", score)
     y = _check_problem(A, y)
     _check_weight("zeta", zeta)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     tiny = torch.finfo(torch.float64).tiny
 
-    def cotangent(x0: Tensor, y: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    def cotangent(x0: Tensor, y: Tensor, alpha: Tensor, sigma: Tensor, t: Tensor) -> Tensor:
         r = y - A.A(x0)
-        norm = r.flatten(1).norm(dim=1).clamp_min(tiny)
+        norm = r.flatten(1).norm(dim=1).clamp_min(tiny) * process.g2(t).to(r.dtype) / steps
         return A.AT(r * _per_sample(_scale_weight(zeta, norm), r))
 
     return _x0_guided(score, process, y, cotangent)
@@ -460,7 +463,7 @@ def pigdm(score: ScoreFn, process: Process, A: LinearOperator, y: Tensor, noise_
     noise_var = _check_noise_std(noise_std) ** 2
     _check_weight("scale", scale)
 
-    def cotangent(x0: Tensor, y: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    def cotangent(x0: Tensor, y: Tensor, alpha: Tensor, sigma: Tensor, t: Tensor) -> Tensor:
         r2 = sigma**2 / (alpha**2 + sigma**2)
         return _scale(scale, A.AT(A.gram_solve(y - A.A(x0), r2, noise_var)))
 

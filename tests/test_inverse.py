@@ -207,7 +207,7 @@ def _x0_hat(prior, process, x, t):
 
 @pytest.mark.parametrize("method", ["dps", "pigdm"])
 def test_guidance_terms_match_their_definitions(method):
-    """dps adds -ζ ∇|y - A x0_hat|; pigdm adds ∇ log N(y; A x0_hat, r_t² A Aᵀ + s² I) (covariance held fixed):
+    """dps adds -(ζ 1000 / g(t)²) ∇|y - A x0_hat|; pigdm adds ∇ log N(y; A x0_hat, r_t² A Aᵀ + s² I) (covariance held fixed):
     both by autograd through x0_hat computed independently (Gaussian conditioning per component)."""
     process, prior = VP(), _mixture_5d()
     op = G.Mask(torch.tensor([True, False, True, False, False]))
@@ -218,7 +218,8 @@ def test_guidance_terms_match_their_definitions(method):
     xg = x.clone().requires_grad_(True)
     r = y.to(DEVICE) - op.A(_x0_hat(prior, process, xg, t))
     if method == "dps":
-        objective = -(zeta.to(DEVICE, torch.float64) * r.norm(dim=1)).sum()
+        weight = zeta.to(DEVICE, torch.float64) * 1000 / process.g2(t)
+        objective = -(weight * r.norm(dim=1)).sum()
     else:
         alpha, sigma = process.alpha(t), process.sigma(t)
         var = (sigma**2 / (alpha**2 + sigma**2))[:, None] + s**2  # A Aᵀ = I for a mask
@@ -246,7 +247,7 @@ def test_approximate_methods_run_and_move_the_mean_toward_the_posterior():
     prior_err = float((prior.mean() - post_mean).norm())
     score, ts = prior.score_fn(process), uniform_t(process, 49)
     ref = post.sample(1000, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    for name, guided in [("dps", G.dps(score, process, op, y, 3.0)), ("pigdm", G.pigdm(score, process, op, y, s))]:
+    for name, guided in [("dps", G.dps(score, process, op, y, 0.01)), ("pigdm", G.pigdm(score, process, op, y, s))]:
         out, nfe = _sample(guided, ancestral, process, prior, 1000, ts)
         err = float((out.mean(0) - post_mean).norm())
         print(f"{name}: NFE {nfe}, mean error {err:.3f} (prior's {prior_err:.3f}), "
@@ -332,11 +333,74 @@ def test_bad_input_raises_value_errors_naming_the_value():
         (lambda: G.dps(score, process, mask, torch.tensor([float("inf")])), "y"),
         (lambda: G.dps(score, process, torch.ones(1, 2), y), "Tensor"),
         (lambda: G.dps(score, process, mask, y, zeta=float("nan")), "zeta"),
+        (lambda: G.dps(score, process, mask, y, steps=0), "steps must be a positive integer, got 0"),
         (lambda: G.repaint(ancestral, mask, y, 0), "resample must be a positive integer, got 0"),
         (lambda: G.replacement(ancestral, mask, y)(score, process, torch.zeros(3, 2), uniform_t(process, 2),
                                                    noise=lambda k, x: x), "noise="),
         (lambda: mask.A(torch.zeros(3, 3)), r"\(3, 3\)"),
     ]
     for fn, match in cases:
+        with pytest.raises(ValueError, match=match):
+            fn()
+
+
+# -- inpainting images (what `scoresde sample --inpaint` runs) -------------------------------------------------------
+
+
+def _gaussian_digits() -> GaussianMixture:
+    """Ten isotropic Gaussians (std 0.3) at the class means of the digits: an exact prior on (1, 8, 8) images."""
+    from toy_data.images import get_images
+
+    train = get_images("digits", split="train")
+    means = torch.stack([train.images[train.labels == k].mean(0).flatten() for k in range(10)])
+    return GaussianMixture.isotropic(torch.full((10,), 0.1), means, 0.3, labels=range(10), event_shape=(1, 8, 8))
+
+
+def test_sample_inpainting_keeps_the_known_half_and_measures_the_class(tmp_path):
+    from scoresde.evaluation.inpaint import sample_inpainting
+
+    prior, process = _gaussian_digits(), VP()
+    bayes = lambda x: prior.class_log_prob(x.double())  # noqa: E731  the exact classifier of this prior
+    res = sample_inpainting(prior.score_fn(process), process, (1, 8, 8), "lower-half", n=12, nfe=11, digits=True,
+                            classifier=bayes, out=tmp_path / "panel.png")
+    from toy_data.images import get_images
+
+    observed = get_images("digits", split="test").images[:12]
+    assert res["nfe"] == 11 and res["samples"].shape == (12, 1, 8, 8)
+    assert torch.equal(res["samples"][:, :, :4], observed[:, :, :4])  # the known upper half, bit for bit
+    assert not torch.equal(res["samples"][:, :, 4:], observed[:, :, 4:])
+    for key in ("class_kept", "class_full", "class_masked"):
+        assert 0 <= res[key] <= 1
+    assert all(f.is_file() for f in res["files"])
+
+
+def test_inpainting_masks_and_observed_images_from_png(tmp_path):
+    from PIL import Image
+
+    from scoresde.evaluation.inpaint import inpaint_mask, sample_inpainting
+    from toy_data.images import read_png
+
+    hole = np.zeros((8, 8), dtype=np.uint8)
+    hole[2:5, 3:7] = 255
+    Image.fromarray(hole).save(tmp_path / "mask.png")
+    digit = np.tile(np.arange(0, 256, 32, dtype=np.uint8), (8, 1))
+    Image.fromarray(np.stack([digit] * 3, axis=2)).save(tmp_path / "digit.png")  # grey RGB: one channel
+    mask = inpaint_mask(tmp_path / "mask.png", (1, 8, 8))
+    assert torch.equal(mask.known[0], torch.from_numpy(hole == 0))
+    assert torch.equal(inpaint_mask("right-half", (1, 8, 8)).known[0, :, :4], torch.ones(8, 4, dtype=torch.bool))
+    prior, process = _gaussian_digits(), VP()
+    res = sample_inpainting(prior.score_fn(process), process, (1, 8, 8), tmp_path / "mask.png", tmp_path / "digit.png",
+                            n=3, method="replacement", nfe=11, out=tmp_path / "out.png")
+    expected = read_png(tmp_path / "digit.png")[0]
+    assert torch.equal(res["samples"][:, 0][:, mask.known[0]], expected[mask.known[0]].expand(3, -1))
+    bad = [
+        (lambda: inpaint_mask("middle", (1, 8, 8)), "middle"),
+        (lambda: inpaint_mask(tmp_path / "mask.png", (1, 4, 4)), "8x8"),
+        (lambda: sample_inpainting(prior.score_fn(process), process, (1, 8, 8), "lower-half", method="ddrm",
+                                   digits=True, n=2, out=tmp_path / "x.png"), "ddrm"),
+        (lambda: sample_inpainting(prior.score_fn(process), process, (1, 8, 8), "lower-half", n=2,
+                                   out=tmp_path / "x.png"), "--observed"),
+    ]
+    for fn, match in bad:
         with pytest.raises(ValueError, match=match):
             fn()
