@@ -170,10 +170,12 @@ def main() -> None:
                                                    ("UNet", score, process)]:
         for name, (x, used, seconds) in run_methods(prior_score, prior_process, images, mask, args.nfe,
                                                     args.seed).items():
+            error = float((mask.A(x) - mask.A(images)).abs().max())
             rows.append({"prior": prior_name, "method": name, "nfe": used, "seconds": seconds,
-                         "kept": kept(clf, x, labels), "known_max_error": float((mask.A(x) - mask.A(images)).abs().max())})
+                         "kept": kept(clf, x, labels), "known_max_error": error})
     print(f"Lower half of the {len(images)} held-out test digits inpainted; class kept by the digits CNN (test "
-          f"accuracy {clf.test_accuracy:.4f})\n| prior | method | NFE | kept | max error on known pixels |\n|---|---|---|---|---|")
+          f"accuracy {clf.test_accuracy:.4f})")
+    print("| prior | method | NFE | kept | max error on known pixels |\n|---|---|---|---|---|")
     for r in rows:
         nfe = r.get("nfe", "-")
         err = f"{r['known_max_error']:.2g}" if "known_max_error" in r else "-"

@@ -402,8 +402,8 @@ def _check_noise_std(noise_std: object) -> float:
 
 
 def _x0_guided(score: ScoreFn, process: Process, y: Tensor, cotangent: Cotangent) -> ScoreFn:
-    """score(x, t) + (∂x0_hat/∂x)ᵀ c, c = cotangent(x0_hat, y, alpha, sigma, t) held constant, x0_hat Tweedie's estimate
-    from the same score evaluation: one NFE and one vector-Jacobian product per call."""
+    """score(x, t) + (∂x0_hat/∂x)ᵀ c with c = cotangent(x0_hat, y, alpha, sigma, t) held constant, x0_hat Tweedie's
+    estimate from the same score evaluation: one NFE and one vector-Jacobian product per call."""
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         track = torch.is_grad_enabled() and x.requires_grad
@@ -455,8 +455,9 @@ def pigdm(score: ScoreFn, process: Process, A: LinearOperator, y: Tensor, noise_
     ∇_x log N(y; A x0_hat(x_t), r_t² A Aᵀ + noise_std² I), the gradient a vector-Jacobian product through
     Tweedie's x0_hat: (∂x0_hat/∂x)ᵀ Aᵀ (r_t² A Aᵀ + noise_std² I)⁻¹ (y - A x0_hat).
 
-    r_t² = sigma² / (alpha² + sigma²): the paper's sigma_t² / (1 + sigma_t²) for x_t / alpha = x0 + (sigma / alpha)
-    eps, the variance of x0 given x_t for unit-variance Gaussian data. Exact for that prior; approximate for others.
+    r_t² = sigma² / (alpha² + sigma²): the paper's sigma_t² / (1 + sigma_t²) for x_t / alpha = x0 + (sigma /
+    alpha) eps, the variance of x0 given x_t for unit-variance Gaussian data: exact for that prior (and then the
+    guided score is the exact posterior score), approximate for others.
     """
     _check_score("score", score)
     y = _check_problem(A, y)

@@ -207,8 +207,8 @@ def _x0_hat(prior, process, x, t):
 
 @pytest.mark.parametrize("method", ["dps", "pigdm"])
 def test_guidance_terms_match_their_definitions(method):
-    """dps adds -(ζ 1000 / g(t)²) ∇|y - A x0_hat|; pigdm adds ∇ log N(y; A x0_hat, r_t² A Aᵀ + s² I) (covariance held fixed):
-    both by autograd through x0_hat computed independently (Gaussian conditioning per component)."""
+    """dps adds -(ζ 1000 / g(t)²) ∇|y - A x0_hat|; pigdm adds ∇ log N(y; A x0_hat, r_t² A Aᵀ + s² I) (covariance
+    held fixed): both by autograd through x0_hat computed independently (Gaussian conditioning per component)."""
     process, prior = VP(), _mixture_5d()
     op = G.Mask(torch.tensor([True, False, True, False, False]))
     y, s, zeta = torch.tensor([0.5, -0.3], dtype=torch.float64), 0.1, torch.linspace(0.5, 3, 32)
