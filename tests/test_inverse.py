@@ -361,12 +361,12 @@ def test_sample_inpainting_keeps_the_known_half_and_measures_the_class(tmp_path)
 
     prior, process = _gaussian_digits(), VP()
     bayes = lambda x: prior.class_log_prob(x.double())  # noqa: E731  the exact classifier of this prior
-    res = sample_inpainting(prior.score_fn(process), process, (1, 8, 8), "lower-half", n=12, nfe=11, digits=True,
-                            classifier=bayes, out=tmp_path / "panel.png")
+    res = sample_inpainting(prior.score_fn(process), process, (1, 8, 8), "lower-half", n=12, nfe=15, digits=True,
+                            classifier=bayes, out=tmp_path / "panel.png")  # RePaint: 2 steps x 5 tries + 1
     from toy_data.images import get_images
 
     observed = get_images("digits", split="test").images[:12]
-    assert res["nfe"] == 11 and res["samples"].shape == (12, 1, 8, 8)
+    assert res["nfe"] == 11 and res["samples"].shape == (12, 1, 8, 8)  # within the budget of 15
     assert torch.equal(res["samples"][:, :, :4], observed[:, :, :4])  # the known upper half, bit for bit
     assert not torch.equal(res["samples"][:, :, 4:], observed[:, :, 4:])
     for key in ("class_kept", "class_full", "class_masked"):
@@ -387,7 +387,10 @@ def test_inpainting_masks_and_observed_images_from_png(tmp_path):
     Image.fromarray(np.stack([digit] * 3, axis=2)).save(tmp_path / "digit.png")  # grey RGB: one channel
     mask = inpaint_mask(tmp_path / "mask.png", (1, 8, 8))
     assert torch.equal(mask.known[0], torch.from_numpy(hole == 0))
-    assert torch.equal(inpaint_mask("right-half", (1, 8, 8)).known[0, :, :4], torch.ones(8, 4, dtype=torch.bool))
+    rows, cols = torch.arange(8)[:, None].expand(8, 8), torch.arange(8)[None, :].expand(8, 8)
+    for name, known in [("lower-half", rows < 4), ("upper-half", rows >= 4), ("left-half", cols >= 4),
+                        ("right-half", cols < 4)]:
+        assert torch.equal(inpaint_mask(name, (3, 8, 8)).known, known.expand(3, 8, 8)), name
     prior, process = _gaussian_digits(), VP()
     res = sample_inpainting(prior.score_fn(process), process, (1, 8, 8), tmp_path / "mask.png", tmp_path / "digit.png",
                             n=3, method="replacement", nfe=11, out=tmp_path / "out.png")
