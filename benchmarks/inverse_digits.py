@@ -2,6 +2,7 @@
 cached digits CNN).
 
     python -m benchmarks.inverse_digits --keep runs/inverse_digits     # trains ~5 min of one core, then ~5 min
+    python -m benchmarks.inverse_digits --nfe 500 --methods repaint,replacement --name inverse_digits_nfe500
     python -m benchmarks.inverse_digits --checkpoint runs/digits       # a model of the library's trainer instead
 
 The model: an unconditional UNet (24 channels, (1, 2), DDPM-cosine, v-prediction; issue 6's recipe without labels)
@@ -115,20 +116,22 @@ def kept(clf, x: torch.Tensor, labels: torch.Tensor) -> float:
         return float((clf(x.float().clamp(-1, 1)).argmax(1) == labels).double().mean())
 
 
-def run_methods(score, process, images, mask, nfe: int, seed: int) -> dict[str, tuple[torch.Tensor, int, float]]:
-    """name -> (samples, NFE, seconds) for every method on every image."""
+def run_methods(score, process, images, mask, nfe: int, seed: int, keep) -> dict[str, tuple[torch.Tensor, int, float]]:
+    """name -> (samples, NFE, seconds) for every method (whose name passes keep) on every image."""
     out = {}
     y = mask.A(images)
     for name, method, sampler in [("repaint r=5, ancestral", "repaint", "ancestral"),
                                   ("replacement, ancestral", "replacement", "ancestral"),
                                   ("pigdm, ancestral", "pigdm", "ancestral"),
                                   ("pigdm, dpm_solver_pp", "pigdm", "dpm_solver_pp")]:
+        if not keep(name):
+            continue
         t0 = time.perf_counter()
         x, used = inpaint(score, process, images, mask, method=method, sampler=sampler, nfe=nfe,
                           generator=torch.Generator().manual_seed(seed))
         out[name] = (x, used, time.perf_counter() - t0)
     spec = get_sampler("ancestral")
-    for zeta in ZETAS:
+    for zeta in ZETAS if keep("dps") else ():
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(seed)
         counted = CountEvals(score)
@@ -146,6 +149,7 @@ def main() -> None:
     p.add_argument("--max-seconds", type=float, default=900.0, help="training stops here at the latest")
     p.add_argument("--nfe", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default="", help="comma-separated method-name prefixes (default: all)")
     p.add_argument("--name", default="inverse_digits")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -155,6 +159,11 @@ def main() -> None:
         trained = fit(run, args.steps, args.max_seconds, args.seed)
         print(f"trained {trained['steps']} steps in {trained['seconds']:.0f} s (loss {trained['loss']:.4f}) -> {run}")
     score, process, summary = load(run)
+    prefixes = [m for m in args.methods.split(",") if m]
+
+    def keep(name: str) -> bool:
+        return not prefixes or any(name.startswith(m) for m in prefixes)
+
     clf = load_digits_classifier()
     test = get_images("digits", split="test")
     images, labels = test.images, test.labels
@@ -168,8 +177,8 @@ def main() -> None:
     rows.append({"prior": "Gaussian digits", "method": "exact posterior samples", "kept": kept(clf, exact, labels)})
     for prior_name, prior_score, prior_process in [("Gaussian digits", prior.score_fn(process), process),
                                                    ("UNet", score, process)]:
-        for name, (x, used, seconds) in run_methods(prior_score, prior_process, images, mask, args.nfe,
-                                                    args.seed).items():
+        for name, (x, used, seconds) in run_methods(prior_score, prior_process, images, mask, args.nfe, args.seed,
+                                                    keep).items():
             error = float((mask.A(x) - mask.A(images)).abs().max())
             rows.append({"prior": prior_name, "method": name, "nfe": used, "seconds": seconds,
                          "kept": kept(clf, x, labels), "known_max_error": error})
