@@ -175,7 +175,7 @@ def _inpaint(args: argparse.Namespace, model) -> None:
     res = sample_inpainting(model.score_fn(None), model.process, model.event_shape, args.inpaint, args.observed,
                             n=args.n, method=args.inpaint_method, sampler=args.sampler or "ancestral",
                             nfe=args.nfe or 50, seed=args.seed, out=args.out, device=args.device,
-                            digits=model.config.data == "digits")
+                            digits=getattr(getattr(model, "config", None), "data", None) == "digits")
     kept = f"; class kept {res['class_kept']:.1%} (whole image {res['class_full']:.1%}, masked " \
            f"{res['class_masked']:.1%})" if "class_kept" in res else ""
     print(f"inpainted {res['n']} images ({res['method']}, {res['sampler']}, NFE {res['nfe']}){kept}; wrote "
@@ -237,31 +237,7 @@ def _model_flags(p: argparse.ArgumentParser, checkpoint: str, required: bool) ->
     group.add_argument("--diffusers", help="a local diffusers folder (pipeline: unet/ + scheduler/) instead")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scoresde", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    processes, run = f"one of {', '.join(PROCESSES)}", "run directory (or one checkpoint directory)"
-
-    p = sub.add_parser("targets", help="draw the built-in targets and their exact diffused scores to a PNG")
-    _add(p, ("--targets", "", "comma-separated names (default: all mixtures)"), ("--process", "vp", processes),
-         ("--times", "0.02,0.08,0.2,0.4", "comma-separated process times"), ("--out", "runs/targets.png", ""))
-    p.set_defaults(func=_cmd_targets)
-
-    p = sub.add_parser("compare", help="run samplers on an exact score at several NFE budgets; table, JSON and PNGs")
-    _add(p, ("--target", "ring8", "a Gaussian-mixture target: ring8, grid25, aniso"), ("--process", "vp", processes),
-         ("--samplers", "all", f"comma-separated, or all: {', '.join(SAMPLERS)}"),
-         ("--nfe", "10,20,50", "comma-separated NFE budgets"),
-         ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
-                          "fitted on a pilot batch)"),
-         ("--n", int, "samples per run (default 5000 points, 64 images)"),
-         ("--pairwise-n", 2000, "points used by mmd and energy_distance (O(n²))"),
-         ("--seed", 0, ""), ("--float64", False, "sample in float64"),
-         ("--score-field", False, "also plot the exact score field"),
-         ("--trajectories", False, "also plot sample trajectories"),
-         ("--device", "cpu", ""), ("--out", "runs/compare", ""))
-    _model_flags(p, "compare on a trained model's score (run directory) instead", required=False)
-    p.set_defaults(func=_cmd_compare)
-
+def _train_parser(sub, processes: str) -> None:
     p = sub.add_parser("train", argument_default=argparse.SUPPRESS,
                        help="train a score network by denoising score matching",
                        description="Train a score network by denoising score matching; a flag not given takes "
@@ -297,6 +273,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=False, help="continue the run in --out")
     p.add_argument("--out", default="runs/train", help="run directory")
     p.set_defaults(func=_cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scoresde", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    processes, run = f"one of {', '.join(PROCESSES)}", "run directory (or one checkpoint directory)"
+
+    p = sub.add_parser("targets", help="draw the built-in targets and their exact diffused scores to a PNG")
+    _add(p, ("--targets", "", "comma-separated names (default: all mixtures)"), ("--process", "vp", processes),
+         ("--times", "0.02,0.08,0.2,0.4", "comma-separated process times"), ("--out", "runs/targets.png", ""))
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser("compare", help="run samplers on an exact score at several NFE budgets; table, JSON and PNGs")
+    _add(p, ("--target", "ring8", "a Gaussian-mixture target: ring8, grid25, aniso"), ("--process", "vp", processes),
+         ("--samplers", "all", f"comma-separated, or all: {', '.join(SAMPLERS)}"),
+         ("--nfe", "10,20,50", "comma-separated NFE budgets"),
+         ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
+                          "fitted on a pilot batch)"),
+         ("--n", int, "samples per run (default 5000 points, 64 images)"),
+         ("--pairwise-n", 2000, "points used by mmd and energy_distance (O(n²))"),
+         ("--seed", 0, ""), ("--float64", False, "sample in float64"),
+         ("--score-field", False, "also plot the exact score field"),
+         ("--trajectories", False, "also plot sample trajectories"),
+         ("--device", "cpu", ""), ("--out", "runs/compare", ""))
+    _model_flags(p, "compare on a trained model's score (run directory) instead", required=False)
+    p.set_defaults(func=_cmd_compare)
+
+    _train_parser(sub, processes)
 
     p = sub.add_parser("sample", help="sample a trained model: PNG plus .pt and .npy")
     _model_flags(p, run, required=True)

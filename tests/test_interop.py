@@ -29,7 +29,7 @@ from scoresde import VE, guidance, interop, schedules
 from scoresde.cli import main
 from scoresde.evaluation import compare_images, images, sample_model, save_images
 from scoresde.evaluation.digits import DigitsClassifier
-from scoresde.processes import EDM, DiscreteVP
+from scoresde.processes import EDM
 from scoresde.samplers import ancestral, ddim, dpm_solver_pp, euler, heun
 
 from .conftest import DEVICE
