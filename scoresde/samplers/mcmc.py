@@ -225,8 +225,6 @@ def mala(
     log_eta_sum = torch.zeros_like(u)
     half = warmup // 2
     for k in range(steps):
-        if k == warmup and warmup > 0:
-            log_eta = log_eta_sum / (warmup - half)
         x, u, g, acc, alpha, uy, gy = _mala_step(energy, x, u, g, log_eta.exp(), kT, draw(2 * k, x),
                                                  draw(2 * k + 1, u))
         check(k + 1, uy, gy)
@@ -234,6 +232,8 @@ def mala(
             log_eta = log_eta + (k + 1) ** -0.6 * (alpha - target_accept)
             if k >= half:
                 log_eta_sum += log_eta
+            if k == warmup - 1:
+                log_eta = log_eta_sum / (warmup - half)
         else:
             n_acc += acc
         rec(k, x)
