@@ -104,6 +104,12 @@ class Landscape:
     box: Callable[[float], Sequence[tuple[float, float]]] | None = None
     moments: Callable[[float], dict] | None = None
     grid: int = 1201  # quadrature points per axis
+    domain: tuple[float, float] | Sequence[tuple[float, float]] = (-3.0, 3.0)  # search box, per axis or for all
+
+    def bounds(self) -> list[tuple[float, float]]:
+        """The search domain per axis (annealing starts uniform in it)."""
+        d = self.domain
+        return [tuple(d)] * self.dim if isinstance(d[0], (int, float)) else [tuple(b) for b in d]
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.energy(x)
@@ -193,7 +199,8 @@ def muller_brown(scale: float = 1.0) -> Landscape:
         return [(-1 - r, max(1.3, r - 1)), (min(-0.7, 1 - r), 1 + r)]
 
     minima, u = _refine(energy, [[-0.56, 1.44], [0.62, 0.03], [-0.05, 0.47]])
-    return Landscape("muller_brown", energy, 2, minima, float(u[0]), box=box, grid=1201)
+    return Landscape("muller_brown", energy, 2, minima, float(u[0]), box=box, grid=1201,
+                     domain=[(-1.5, 1.2), (-0.5, 2.0)])
 
 
 def rosenbrock(a: float = 1.0, b: float = 5.0) -> Landscape:
@@ -209,7 +216,7 @@ def rosenbrock(a: float = 1.0, b: float = 5.0) -> Landscape:
         return [(a - r, a + r), (-w, max(abs(a - r), abs(a + r)) ** 2 + w)]
 
     return Landscape("rosenbrock", energy, 2, torch.tensor([[a, a * a]], dtype=torch.float64), 0.0, box=box,
-                     grid=1601)
+                     grid=1601, domain=[(a - 3, a + 3), (-2, (abs(a) + 3) ** 2)])
 
 
 def rastrigin(dim: int = 2, A: float = 10.0) -> Landscape:
@@ -223,7 +230,8 @@ def rastrigin(dim: int = 2, A: float = 10.0) -> Landscape:
         r = max(5.12, (40 * kT) ** 0.5 + 1)
         return [(-r, r)] * dim
 
-    return Landscape("rastrigin", energy, dim, torch.zeros(1, dim, dtype=torch.float64), 0.0, box=box, grid=2001)
+    return Landscape("rastrigin", energy, dim, torch.zeros(1, dim, dtype=torch.float64), 0.0, box=box, grid=2001,
+                     domain=(-5.12, 5.12))
 
 
 def mixture(gm, name: str = "mixture") -> Landscape:
@@ -245,7 +253,9 @@ def mixture(gm, name: str = "mixture") -> Landscape:
         r = 10 * spread * kT**0.5
         return [(float(l) - r, float(h) + r) for l, h in zip(lo, hi)]
 
-    return Landscape(name, energy, gm.dim, minima, float(u[0]), box=box if gm.dim <= 2 else None, grid=801)
+    lo, hi = (gm.means.min(0).values - 4 * spread).tolist(), (gm.means.max(0).values + 4 * spread).tolist()
+    return Landscape(name, energy, gm.dim, minima, float(u[0]), box=box if gm.dim <= 2 else None, grid=801,
+                     domain=list(zip(lo, hi)))
 
 
 LANDSCAPES: dict[str, Callable[..., Landscape]] = {

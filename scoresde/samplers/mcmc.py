@@ -341,17 +341,21 @@ def anneal(
     schedule: str = "geometric",
     gamma: float = 1.0,
     restarts: int = 1,
+    adapt: float = 0.0,
     generator: torch.Generator | None = None,
     noise: NoiseFn | None = None,
 ) -> Annealed:
     """Simulated annealing (Kirkpatrick et al. 1983) with MALA moves at kT_k = cooling(schedule, kT0, kT1) and
     eta_k = kT_k tau / gamma. steps are split into `restarts` cycles; each cycle reheats to kT0 from the chain's
-    best state so far. Returns the best state and energy per chain; evals = steps + 1 gradient evaluations."""
+    best state so far. adapt > 0: each chain tracks acceptance 0.574 as it cools, log tau += adapt (alpha - 0.574).
+    Returns the best state and energy per chain; evals = steps + 1 energy and gradient evaluations per chain."""
     _check_x(x)
     if not isinstance(restarts, int) or restarts < 1 or restarts > max(steps, 1):
         raise ValueError(f"restarts must be an integer in [1, steps = {steps}], got {restarts!r}")
     check_positive("gamma", gamma)
-    tau_c = _per_chain("tau", tau, x)
+    if not (isinstance(adapt, (int, float)) and 0 <= adapt < math.inf):
+        raise ValueError(f"adapt must be a finite number >= 0, got {adapt!r}")
+    log_tau = _per_chain("tau", tau, x).log()
     cycles = [steps // restarts + (i < steps % restarts) for i in range(restarts)]
     kTs = [kT for n in cycles for kT in (cooling(schedule, kT0, kT1, n) if n else [])]
     draw = noise_source(generator, noise)
@@ -364,10 +368,12 @@ def anneal(
     for k, kT in enumerate(kTs):
         if k in starts:
             x, u, g = x_best, u_best, g_best
-        x, u, g, acc, _, uy, gy = _mala_step(energy, x, u, g, tau_c * (kT / gamma), kT, draw(2 * k, x),
-                                             draw(2 * k + 1, u))
+        x, u, g, acc, alpha, uy, gy = _mala_step(energy, x, u, g, log_tau.exp() * (kT / gamma), kT, draw(2 * k, x),
+                                                 draw(2 * k + 1, u))
         check(k + 1, uy, gy)
         n_acc += acc
+        if adapt:
+            log_tau = log_tau + adapt * (alpha - TARGET_ACCEPT)
         better = u < u_best
         b = append_dims(better, x.ndim)
         x_best, u_best, g_best = torch.where(b, x, x_best), torch.where(better, u, u_best), torch.where(b, g, g_best)
