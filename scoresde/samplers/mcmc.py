@@ -90,20 +90,20 @@ class _Recorder:
 
 
 class _ChainCheck:
-    """The first step at which each chain saw a non-finite value, kept on the device; one sync at the end."""
+    """The first step at which each chain saw a non-finite value, kept on the device; one sync at the end.
+
+    Called with one (B,) tensor per step: the energy plus the sum of its gradient (or the sum of a score), which is
+    non-finite exactly when one of them is."""
 
     def __init__(self, x: Tensor, steps: int, what: str):
         self.steps, self.what = steps, what
         self.first = torch.full(x.shape[:1], steps, dtype=torch.long, device=x.device)
         self.value = x.new_zeros(x.shape[:1])
 
-    def __call__(self, k: int, value: Tensor, *more: Tensor) -> None:
-        bad = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(1)
-        for m in more:
-            bad |= ~torch.isfinite(m.reshape(m.shape[0], -1)).all(1)
-        new = bad & (self.first == self.steps)
+    def __call__(self, k: int, v: Tensor) -> None:
+        new = torch.where(torch.isfinite(v), self.steps, k) < self.first
         self.first = torch.where(new, k, self.first)
-        self.value = torch.where(new, value.reshape(value.shape[0], -1)[:, 0], self.value)
+        self.value = torch.where(new, v, self.value)
 
     def raise_if_bad(self) -> None:
         if self.steps == 0 or not bool((self.first < self.steps).any()):
@@ -143,7 +143,7 @@ def ula(
     check = _ChainCheck(x, steps, "the score")
     for k in range(steps):
         s = score(x)
-        check(k, s)
+        check(k, _sum(s))
         x = x + eta_b * s + noise_b * draw(k, x)
         rec(k, x)
     check.raise_if_bad()
@@ -173,20 +173,29 @@ def overdamped(
 # -- MALA --------------------------------------------------------------------------------------------------------
 
 
-def _mala_step(energy: Energy, x: Tensor, u: Tensor, g: Tensor, eta: Tensor, kT, z: Tensor, zu: Tensor):
-    """One MALA move at temperature kT from (x, U(x), ∇U(x)): proposal y = x + eta s + sqrt(2 eta) z with
-    s = -∇U / kT, accepted when log Φ(zu) < log alpha. Returns x, u, g, accepted, alpha, U(y), ∇U(y)."""
-    eta_b = append_dims(eta, x.ndim)
-    kT_b = append_dims(kT, x.ndim) if isinstance(kT, Tensor) else kT
-    y = x - (eta_b / kT_b) * g + (2 * eta_b).sqrt() * z
+def _mala_coefficients(eta: Tensor, kT, ndim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per chain, broadcast to x: a = eta / kT (drift on ∇U), b = sqrt(2 eta) (noise), c = sqrt(eta / 2) / kT."""
+    kT_b = append_dims(kT, ndim) if isinstance(kT, Tensor) else kT
+    eta_b = append_dims(eta, ndim)
+    return eta_b / kT_b, (2 * eta_b).sqrt(), (eta_b / 2).sqrt() / kT_b
+
+
+def _mala_step(energy: Energy, x: Tensor, u: Tensor, g: Tensor, coef: tuple, kT, z: Tensor, zu: Tensor):
+    """One MALA move at temperature kT from (x, U(x), ∇U(x)): proposal y = x - a ∇U + b z (= x + eta s + sqrt(2 eta) z),
+    accepted when log Φ(zu) < log alpha. With w = c (∇U(x) + ∇U(y)), the proposal ratio log q(x|y) - log q(y|x)
+    = |z|²/2 - |z - w|²/2 = -w·(w/2 - z). Returns x, u, g, accepted, log alpha, U(y), ∇U(y)."""
+    a, b, c = coef
+    y = torch.addcmul(x - a * g, b, z)
     uy, gy = value_and_grad(energy, y)
-    back = x - y + (eta_b / kT_b) * gy  # x - (y + eta s(y))
-    log_alpha = -(uy - u) / kT - _sum(back.square()) / (4 * eta) + 0.5 * _sum(z.square())
-    log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf)
+    w = c * (g + gy)
+    log_alpha = torch.nan_to_num((u - uy) / kT - _sum(w * (0.5 * w - z)), nan=-math.inf)
     acc = torch.special.log_ndtr(zu) < log_alpha
     acc_b = append_dims(acc, x.ndim)
-    return (torch.where(acc_b, y, x), torch.where(acc, uy, u), torch.where(acc_b, gy, g), acc,
-            log_alpha.clamp(max=0).exp(), uy, gy)
+    return torch.where(acc_b, y, x), torch.where(acc, uy, u), torch.where(acc_b, gy, g), acc, log_alpha, uy, gy
+
+
+def _accept_prob(log_alpha: Tensor) -> Tensor:
+    return log_alpha.clamp(max=0).exp()
 
 
 def mala(
@@ -220,20 +229,21 @@ def mala(
     draw = noise_source(generator, noise)
     check = _ChainCheck(x, steps + 1, "the energy or its gradient")
     u, g = value_and_grad(energy, x)
-    check(0, u, g)
+    check(0, u + _sum(g))
     n_acc = torch.zeros_like(u)
     log_eta_sum = torch.zeros_like(u)
     half = warmup // 2
+    coef = _mala_coefficients(log_eta.exp(), kT, x.ndim)
     for k in range(steps):
-        x, u, g, acc, alpha, uy, gy = _mala_step(energy, x, u, g, log_eta.exp(), kT, draw(2 * k, x),
-                                                 draw(2 * k + 1, u))
-        check(k + 1, uy, gy)
+        x, u, g, acc, log_alpha, uy, gy = _mala_step(energy, x, u, g, coef, kT, draw(2 * k, x), draw(2 * k + 1, u))
+        check(k + 1, uy + _sum(gy))
         if k < warmup:
-            log_eta = log_eta + (k + 1) ** -0.6 * (alpha - target_accept)
+            log_eta = log_eta + (k + 1) ** -0.6 * (_accept_prob(log_alpha) - target_accept)
             if k >= half:
                 log_eta_sum += log_eta
             if k == warmup - 1:
                 log_eta = log_eta_sum / (warmup - half)
+            coef = _mala_coefficients(log_eta.exp(), kT, x.ndim)
         else:
             n_acc += acc
         rec(k, x)
@@ -280,14 +290,14 @@ def baoab(
         raise ValueError(f"v must have the shape of x {tuple(x.shape)}, got {tuple(v.shape)}")
     check = _ChainCheck(x, steps + 1, "the energy or its gradient")
     u, g = value_and_grad(energy, x)
-    check(0, u, g)
+    check(0, u + _sum(g))
     for k in range(steps):
         v = v - (h / mass) * g  # B
         x = x + h * v  # A
         v = c1 * v + c2 * draw(k + 1, x)  # O
         x = x + h * v  # A
         u, g = value_and_grad(energy, x)
-        check(k + 1, u, g)
+        check(k + 1, u + _sum(g))
         v = v - (h / mass) * g  # B
         rec(k, x)
     check.raise_if_bad()
@@ -361,19 +371,19 @@ def anneal(
     draw = noise_source(generator, noise)
     check = _ChainCheck(x, steps + 1, "the energy or its gradient")
     u, g = value_and_grad(energy, x)
-    check(0, u, g)
+    check(0, u + _sum(g))
     x_best, u_best, g_best = x, u, g
     n_acc = torch.zeros_like(u)
     starts = {sum(cycles[:i]) for i in range(1, restarts)}
     for k, kT in enumerate(kTs):
         if k in starts:
             x, u, g = x_best, u_best, g_best
-        x, u, g, acc, alpha, uy, gy = _mala_step(energy, x, u, g, log_tau.exp() * (kT / gamma), kT, draw(2 * k, x),
-                                                 draw(2 * k + 1, u))
-        check(k + 1, uy, gy)
+        coef = _mala_coefficients(log_tau.exp() * (kT / gamma), kT, x.ndim)
+        x, u, g, acc, log_alpha, uy, gy = _mala_step(energy, x, u, g, coef, kT, draw(2 * k, x), draw(2 * k + 1, u))
+        check(k + 1, uy + _sum(gy))
         n_acc += acc
         if adapt:
-            log_tau = log_tau + adapt * (alpha - TARGET_ACCEPT)
+            log_tau = log_tau + adapt * (_accept_prob(log_alpha) - TARGET_ACCEPT)
         better = u < u_best
         b = append_dims(better, x.ndim)
         x_best, u_best, g_best = torch.where(b, x, x_best), torch.where(better, u, u_best), torch.where(b, g, g_best)
