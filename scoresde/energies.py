@@ -144,8 +144,13 @@ def harmonic(dim: int = 1, std: float | Sequence[float] = 1.0) -> Landscape:
     if not bool((s > 0).all()):
         raise ValueError(f"std must be positive, got {s.tolist()}")
 
+    inv = {}
+
     def energy(x: Tensor) -> Tensor:
-        return 0.5 * (x / s.to(x)).square().flatten(1).sum(1)
+        key = (x.device, x.dtype)
+        if key not in inv:
+            inv[key] = (1 / s).to(device=x.device, dtype=x.dtype)
+        return 0.5 * (x * inv[key]).square().flatten(1).sum(1)
 
     def moments(kT: float) -> dict:
         return {"mean_energy": dim * kT / 2, "mean": np.zeros(dim), "second_moment": kT * s.numpy() ** 2,
@@ -186,12 +191,17 @@ def muller_brown(scale: float = 1.0) -> Landscape:
     (-0.558, 1.442); the usual test of barrier crossing (kT of order 10 scale)."""
     check_positive("scale", scale)
     p = {k: torch.tensor(v, dtype=torch.float64) for k, v in _MB.items()}
+    p["A"] = p["A"] * scale
+    cache: dict = {}
 
     def energy(x: Tensor) -> Tensor:
-        q = {k: v.to(x) for k, v in p.items()}
+        key = (x.device, x.dtype)
+        if key not in cache:  # the parameters once per device and dtype, not per call
+            cache[key] = {k: v.to(device=x.device, dtype=x.dtype) for k, v in p.items()}
+        q = cache[key]
         dx, dy = x[:, :1] - q["x0"], x[:, 1:2] - q["y0"]
-        e = q["a"] * dx.square() + q["b"] * dx * dy + q["c"] * dy.square()
-        return scale * (q["A"] * e.exp()).sum(1)
+        e = (q["a"] * dx + q["b"] * dy) * dx + q["c"] * dy.square()
+        return (q["A"] * e.exp()).sum(1)
 
     def box(kT: float):
         # far out U ~ 15 scale exp(q), q >= 0.4 r² around (-1, 1): reach U / kT > 35 + |U_min| / kT
@@ -300,6 +310,7 @@ class Reference:
     occupancy: np.ndarray  # probability of each well (nearest local minimum), (K,)
     axes: list | None = None  # grid axes, for plots and exact draws
     density: np.ndarray | None = None  # normalised density on the grid, shape (n,) or (n, n)
+    log_z: float | None = None  # log ∫ exp(-U / kT) dx (quadrature)
 
     def stats(self) -> dict[str, float]:
         """The flat table of exact statistics: mean_energy, mean[i], x2[i], well[k]."""
@@ -367,7 +378,7 @@ def reference(landscape: Landscape, kT: float, grid: int | None = None) -> Refer
     occ = np.array([cell[labels == i].sum() for i in range(len(landscape.minima))])
     ref = Reference(kT, integrate(p * u), np.array([integrate(p * mesh[..., i]) for i in range(landscape.dim)]),
                     np.array([integrate(p * mesh[..., i] ** 2) for i in range(landscape.dim)]), occ / occ.sum(),
-                    axes=axes, density=p)
+                    axes=axes, density=p, log_z=math.log(z) - float(u.min()) / kT)
     if landscape.moments is not None:  # closed form where known; the grid stays for plots and draws
         for key, v in landscape.moments(kT).items():
             setattr(ref, key, v)

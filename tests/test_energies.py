@@ -248,6 +248,7 @@ def test_quadrature_references_match_closed_forms():
     ref = E.reference(E.rosenbrock(1.0, 5.0), 0.8, grid=1001)  # x ~ N(1, kT / 2), y | x ~ N(x², kT / 10)
     v = 0.8 / 2
     assert ref.mean_energy == pytest.approx(0.8, abs=1e-7)
+    assert ref.log_z == pytest.approx(math.log(math.pi * 0.8 / math.sqrt(5.0)), abs=1e-7)  # ∫∫ e^{-U/kT}
     assert ref.mean == pytest.approx([1.0, 1 + v], abs=1e-7)
     assert ref.second_moment == pytest.approx([1 + v, 1 + 6 * v + 3 * v**2 + 0.08], abs=1e-6)
     dw = E.reference(E.double_well(2, tilt=0.25, stiffness=2.0), 0.5, grid=801)

@@ -7,11 +7,13 @@
     baoab        underdamped Langevin, BAOAB splitting (Leimkuhler & Matthews 2013), mass m, friction gamma
     anneal       simulated annealing by MALA moves on a cooling schedule, with restarts and best-so-far per chain
 
-Chains are the rows of x (B, ...); step sizes are a number or one per chain (B,), so a chain never depends on
-the rest of its batch. Device and dtype come from x. Noise comes only from `generator` (or a caller's
-noise(k, like) -> the k-th standard normal draw shaped like `like`); MALA's accept test uses the uniform
-Φ(z) of a normal draw. Non-finite energies or scores are recorded per chain on the device and raise one
-ValueError at the end naming the chain and the step (no host synchronisation inside the loops).
+Chains are the rows of x (B, ...); step sizes are a number or one per chain (B,), and nothing (adaptation
+included) mixes chains, so given its noise a chain never depends on the rest of its batch. Device and dtype come
+from x. Noise comes only from `generator` (the same generator gives the same chains; its stream is shared by the
+batch) or from a caller's noise(k, like) -> the k-th standard normal draw shaped like `like` (per-chain streams);
+MALA's accept test uses the uniform Φ(z) of a normal draw. Non-finite energies or scores are recorded per chain on
+the device and raise one ValueError at the end naming the chain and the step s, the s-th state (0: the initial
+one) or proposal; there is no host synchronisation inside the loops.
 """
 
 from __future__ import annotations
