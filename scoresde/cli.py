@@ -294,6 +294,42 @@ def _cmd_anneal(args: argparse.Namespace) -> None:
                                       tol=args.tol, seed=args.seed, device=args.device)))
 
 
+def _energy_parsers(sub) -> None:
+    p = sub.add_parser("langevin", help="Boltzmann sampling of an energy at kT against its exact moments; table, PNGs")
+    p.add_argument("--energy", default="double_well", help="harmonic, double_well, muller_brown, rosenbrock, "
+                   "rastrigin or a Gaussian mixture (ring8, grid25, aniso)")
+    p.add_argument("--dim", type=int, default=None, help="dimension (harmonic, double_well, rastrigin)")
+    p.add_argument("--kT", type=float, default=0.5)
+    p.add_argument("--sampler", default="mala", help="ula, mala or baoab")
+    p.add_argument("--chains", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima); "
+                   "ULA/MALA step eta = kT tau / gamma, MALA's start of adaptation")
+    p.add_argument("--gamma", type=float, default=1.0, help="friction")
+    p.add_argument("--mass", type=float, default=1.0, help="mass (baoab)")
+    p.add_argument("--warmup", type=int, default=None, help="burn-in / MALA adaptation steps (default steps / 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/langevin", type=Path)
+    p.set_defaults(func=_cmd_langevin)
+
+    p = sub.add_parser("anneal", help="simulated annealing: success rate at reaching the global minimum")
+    p.add_argument("--energy", default="rastrigin")
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--schedule", default="geometric", help="geometric, linear or logarithmic")
+    p.add_argument("--chains", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--kT0", type=float, default=10.0)
+    p.add_argument("--kT1", type=float, default=0.01)
+    p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima)")
+    p.add_argument("--restarts", type=int, default=1, help="cooling cycles, each reheating from the best state")
+    p.add_argument("--adapt", type=float, default=0.05, help="per-chain step adaptation gain (0: fixed tau)")
+    p.add_argument("--tol", type=float, default=0.1, help="success: best energy within tol of the global minimum")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_anneal)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scoresde", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -355,39 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
          ("--float64", False, "integrate in float64"), ("--seed", 0, ""), ("--device", "cpu", ""))
     p.set_defaults(func=_cmd_likelihood)
 
-    p = sub.add_parser("langevin", help="Boltzmann sampling of an energy at kT against its exact moments; table, PNGs")
-    p.add_argument("--energy", default="double_well", help="harmonic, double_well, muller_brown, rosenbrock, "
-                   "rastrigin or a Gaussian mixture (ring8, grid25, aniso)")
-    p.add_argument("--dim", type=int, default=None, help="dimension (harmonic, double_well, rastrigin)")
-    p.add_argument("--kT", type=float, default=0.5)
-    p.add_argument("--sampler", default="mala", help="ula, mala or baoab")
-    p.add_argument("--chains", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima); "
-                   "ULA/MALA step eta = kT tau / gamma, MALA's start of adaptation")
-    p.add_argument("--gamma", type=float, default=1.0, help="friction")
-    p.add_argument("--mass", type=float, default=1.0, help="mass (baoab)")
-    p.add_argument("--warmup", type=int, default=None, help="burn-in / MALA adaptation steps (default steps / 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/langevin", type=Path)
-    p.set_defaults(func=_cmd_langevin)
-
-    p = sub.add_parser("anneal", help="simulated annealing: success rate at reaching the global minimum")
-    p.add_argument("--energy", default="rastrigin")
-    p.add_argument("--dim", type=int, default=None)
-    p.add_argument("--schedule", default="geometric", help="geometric, linear or logarithmic")
-    p.add_argument("--chains", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--kT0", type=float, default=10.0)
-    p.add_argument("--kT1", type=float, default=0.01)
-    p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima)")
-    p.add_argument("--restarts", type=int, default=1, help="cooling cycles, each reheating from the best state")
-    p.add_argument("--adapt", type=float, default=0.05, help="per-chain step adaptation gain (0: fixed tau)")
-    p.add_argument("--tol", type=float, default=0.1, help="success: best energy within tol of the global minimum")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cmd_anneal)
+    _energy_parsers(sub)
     return parser
 
 
