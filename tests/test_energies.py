@@ -358,7 +358,8 @@ def test_langevin_report_measures_against_the_exact_answer_and_writes_pngs(tmp_p
 
 
 def test_cli_langevin_and_anneal_print_tables_and_fail_in_one_line(capsys, tmp_path):
-    cli = pytest.importorskip("scoresde.cli", reason="scoresde.cli does not import on this tree (training rewrite)")
+    cli = pytest.importorskip("scoresde.cli", reason="scoresde.cli does not import on this tree (training rewrite)",
+                              exc_type=ImportError)
     assert cli.main(["langevin", "--energy", "double_well", "--kT", "0.5", "--chains", "50", "--steps", "100",
                      "--out", str(tmp_path)]) == 0
     assert "mean_energy" in capsys.readouterr().out
