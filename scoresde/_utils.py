@@ -81,7 +81,7 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+        raise ValueError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "no CUDA GPU is visible" if torch.backends.cuda.is_built() else "this torch build has no CUDA"

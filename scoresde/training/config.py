@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._utils import check_device
 from ..losses import DSMLoss
 from ..nets import net_config
 from ..processes import from_config
@@ -56,7 +57,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        for check in (_check_sizes, _check_optimiser, _check_loss, _check_schedule, _check_parallel, _check_model):
+        for check in (_check_types, _check_sizes, _check_optimiser, _check_loss, _check_schedule, _check_parallel, _check_model):
             check(self)
 
     @classmethod
@@ -66,6 +67,21 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Every field has its annotated type (a config read from JSON may hold anything)."""
+    for f in dataclasses.fields(cfg):
+        value, kinds = getattr(cfg, f.name), str(f.type).replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        ok = any(isinstance(value, _KINDS[k]) and (k == "bool" or not isinstance(value, bool)) for k in kinds
+                 if k in _KINDS)
+        if not ok:
+            raise ValueError(f"{f.name} must be {' or '.join(kinds)}, got {value!r}")
 
 
 def _check_sizes(cfg: TrainConfig) -> None:
@@ -104,6 +120,7 @@ def _check_parallel(cfg: TrainConfig) -> None:
         raise ValueError(f"data_streams must be an integer >= 0 (0: one per process), got {cfg.data_streams!r}")
     if cfg.data_streams and cfg.batch % cfg.data_streams:
         raise ValueError(f"batch {cfg.batch} must be divisible by data_streams {cfg.data_streams}")
+    check_device(cfg.device)
     if cfg.amp and str(cfg.device).split(":")[0] not in ("cuda", "cpu"):
         raise ValueError(f"amp (bf16 autocast) is for CUDA and CPU devices; device is {cfg.device!r} (train "
                          "without --amp)")
