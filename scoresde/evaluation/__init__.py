@@ -4,7 +4,7 @@
 from .compare import Comparison, compare, save, trajectories
 from .digits import evaluate_digits, load_digits_classifier
 from .nll import evaluate_nll
-from .samples import guided_score_for, preview, sample_model
+from .samples import PerSampleNoise, guided_score_for, preview, preview_eval_fn, sample_model
 
 __all__ = ["Comparison", "compare", "save", "trajectories", "evaluate_digits", "load_digits_classifier",
-           "evaluate_nll", "preview", "sample_model", "guided_score_for"]
+           "evaluate_nll", "preview", "sample_model", "guided_score_for", "preview_eval_fn", "PerSampleNoise"]

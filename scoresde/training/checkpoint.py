@@ -32,14 +32,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_memory
+from .._utils import check_device, check_memory, check_writable
 from ..nets import build_net, is_classifier, param_count
 from ..processes import Process, from_config
 from ..score import ScoreFn, score_from
 from .config import TrainConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "Model", "load_model", "RunLock",
-           "RunLockedError", "truncate_log", "previous_run", "clear_run"]
+           "RunLockedError", "truncate_log", "previous_run", "clear_run", "resume_config"]
 
 FORMAT = "scoresde-checkpoint-2"
 # Format 1 (scoresde/train.py) named the process, "ve" meaning VE(0.01, 10), called a network's prediction `output`
@@ -84,8 +84,8 @@ class RunLock:
             import fcntl
         except ImportError:  # no flock on this platform: no lock
             return self
+        check_writable(self.run, directory=True, what="the run directory")
         try:
-            self.run.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.run / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise ValueError(f"cannot write the run directory {self.run}: {e.strerror or e}") from None
@@ -285,6 +285,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
     Returns {"config": TrainConfig, "net": ..., "ema": ..., "process": Process, "step": int, "path": Path}.
     """
+    check_device(device)
     ckpt = latest_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint found at {path}")
@@ -298,6 +299,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     net.to(device).eval()
     ema.to(device).eval().requires_grad_(False)
     return {"config": config, "net": net, "ema": ema, "process": process, "step": int(meta["step"]), "path": ckpt}
+
+
+def resume_config(run: str | Path, options: dict) -> tuple[TrainConfig, Path]:
+    """The saved config of run's latest checkpoint for a resumed run, which takes `steps` from options and nothing
+    else (a resumed run continues the saved configuration); -> (config, checkpoint)."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run}")
+    fixed = sorted(set(options) - {"steps"})
+    if fixed:
+        raise ValueError(f"--resume continues the saved configuration; it takes --steps, not "
+                         f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
+    config = TrainConfig.from_dict(_read_meta(ckpt)["config"])
+    return dataclasses.replace(config, **{k: v for k, v in options.items() if k == "steps"}), ckpt
 
 
 def load_training_state(ckpt: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,

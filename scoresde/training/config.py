@@ -89,6 +89,8 @@ def _check_sizes(cfg: TrainConfig) -> None:
         raise ValueError(f"steps must be >= 0, got {cfg.steps!r}")
     if cfg.batch < 1:
         raise ValueError(f"batch must be >= 1, got {cfg.batch!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"seed must lie in [0, 2^63), got {cfg.seed!r}")
 
 
 def _check_optimiser(cfg: TrainConfig) -> None:
