@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-_count, _seed = int_arg(1, 2**63, "a positive integer"), int_arg(0, 2**63, "in [0, 2^63)")
+_count, _seed = int_arg(1, 2**63, "a positive integer below 2^63"), int_arg(0, 2**63, "in [0, 2^63)")
 
 
 def _csv(text: str, what: str, kind: type = int) -> list:
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
          ("--weighting", str, "sigma2 (default), likelihood, min_snr or none"),
          ("--snr-gamma", float, "gamma of --weighting min_snr (default 5)"),
          ("--importance", False, "importance-sample t (likelihood weighting)"),
-         ("--seed", int, "default 0"), ("--device", str, "default cpu"), ("--checkpoint-every", int, "default 1000"),
+         ("--seed", _seed, "default 0"), ("--device", str, "default cpu"), ("--checkpoint-every", int, "default 1000"),
          ("--preview-every", int, "previews/step_*.png every this many steps (default: each checkpoint for images, "
                                   "never for points; 0: never)"),
          ("--data-streams", int, "independent data streams making up a batch (default: one per process)"),

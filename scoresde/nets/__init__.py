@@ -29,16 +29,22 @@ def is_classifier(net: nn.Module) -> bool:
     return getattr(net, "kind", "score") == "classifier"
 
 
+MAX_REPEATS = 1000
+
+
 def build_net(config: dict) -> nn.Module:
     """Rebuild a network from its config() (checkpoints and the CLI)."""
     config = dict(config)
     name = config.pop("name", None)
     if name not in NETS:
         raise ValueError(f"unknown network {name!r}; choose from {', '.join(NETS)}")
+    for key in ("depth", "num_res_blocks"):  # repeat counts: bounded before a loop builds them one by one
+        if isinstance(config.get(key), int) and config[key] > MAX_REPEATS:
+            raise ValueError(f"{key} = {config[key]} is more than the {MAX_REPEATS:,} layers a network may repeat")
     try:
         return NETS[name](**config)
     except TypeError as e:
-        raise ValueError(f"bad configuration for network {name!r}: {e}") from None
+        raise ValueError(f"bad configuration for network {name!r}: {str(e).splitlines()[0][:200]}") from None
 
 
 def net_config(
@@ -105,8 +111,11 @@ class _ParamsOnMeta(TorchFunctionMode):
 def param_count(config: dict) -> int:
     """Parameters of the network `config`, counted without allocating them (so a network too large to build is
     refused before it is built)."""
-    with _ParamsOnMeta():
-        net = build_net(config)
+    try:
+        with _ParamsOnMeta():
+            net = build_net(config)
+    except (RuntimeError, OverflowError) as e:  # sizes whose product overflows
+        raise ValueError(f"the network {config} is too large to build ({str(e).splitlines()[0][:100]})") from None
     return sum(p.numel() for p in net.parameters())
 
 

@@ -122,10 +122,10 @@ def _check_parallel(cfg: TrainConfig) -> None:
         raise ValueError(f"data_streams must be an integer >= 0 (0: one per process), got {cfg.data_streams!r}")
     if cfg.data_streams and cfg.batch % cfg.data_streams:
         raise ValueError(f"batch {cfg.batch} must be divisible by data_streams {cfg.data_streams}")
-    check_device(cfg.device)
     if cfg.amp and str(cfg.device).split(":")[0] not in ("cuda", "cpu"):
         raise ValueError(f"amp (bf16 autocast) is for CUDA and CPU devices; device is {cfg.device!r} (train "
                          "without --amp)")
+    check_device(cfg.device)
 
 
 def _check_model(cfg: TrainConfig) -> None:
