@@ -29,8 +29,6 @@ from pathlib import Path
 
 import torch
 
-from ._common import command, write_json
-
 ROOT = Path(__file__).resolve().parent.parent
 # points inside a checkpoint write or a log write where the child kills itself (the n-th time it gets there)
 POINTS = ("weights", "state", "rename", "latest", "prune", "log")
@@ -116,6 +114,21 @@ def child(out: str, resume: bool, kill: str | None, steps: int) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "started").write_text(str(os.getpid()))
     train(config(steps), out, resume=resume, progress=False)
+
+
+def fork_child(out: Path, resume: bool, kill: str | None = None, steps: int = 120) -> int:
+    """`child` in a forked process (no interpreter start: the test suite's trials); -> its exit status, negative for
+    the signal that ended it."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 1
+        try:
+            child(str(out), resume, kill, steps)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def run_child(out: Path, resume: bool, kill: str | None = None, steps: int = 120, after: float | None = None,
@@ -207,6 +220,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args.child, args.resume, args.kill, args.steps)
+    from ._common import command, write_json
+
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

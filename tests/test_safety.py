@@ -5,8 +5,6 @@ do not depend on --n or --batch."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +25,6 @@ from scoresde.training import (RunLock, RunLockedError, TrainConfig, TrainingInt
 
 from .conftest import DEVICE
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--data", "ring8", "--batch", "16", "--width", "8", "--depth", "1", "--no-preview", "--device", str(DEVICE)]
 
 
@@ -105,9 +102,7 @@ def test_unwritable_out_is_refused_before_the_work(tmp_path, capsys, tiny_run, c
 
 # -- 4: interrupts --------------------------------------------------------------------------------------------------
 def test_sigint_and_sigterm_finish_the_step_write_a_checkpoint_and_resume_exactly(tmp_path):
-    full = train(_cfg(), tmp_path / "full", progress=False)
-
-    def interrupt_at(step, signum, times=1):
+    def interrupt_at(step=0, signum=signal.SIGINT, times=1):  # the same eval records in every run
         def eval_fn(s, ema):
             if s == step:
                 for _ in range(times):
@@ -115,6 +110,7 @@ def test_sigint_and_sigterm_finish_the_step_write_a_checkpoint_and_resume_exactl
             return {}
         return eval_fn
 
+    full = train(_cfg(), tmp_path / "full", progress=False, eval_fn=interrupt_at(), eval_every=10)
     run, handlers = tmp_path / "run", (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     with pytest.raises(TrainingInterrupted) as info:
         train(_cfg(), run, progress=False, eval_fn=interrupt_at(10, signal.SIGINT), eval_every=10)
@@ -126,7 +122,7 @@ def test_sigint_and_sigterm_finish_the_step_write_a_checkpoint_and_resume_exactl
         train(_cfg(), run, resume=True, progress=False, eval_fn=interrupt_at(20, signal.SIGTERM, 2), eval_every=10)
     assert (info.value.step, info.value.exit_code) == (None, 143)
     assert info.value.checkpoint == run / "checkpoints" / "step_00000014" and "at once" in str(info.value)
-    rest = train(_cfg(), run, resume=True, progress=False)
+    rest = train(_cfg(), run, resume=True, progress=False, eval_fn=interrupt_at(), eval_every=10)
     assert rest.losses == full.losses[14:] and _same_weights(run, tmp_path / "full")
     assert _log(run) == _log(tmp_path / "full")
 
@@ -185,27 +181,21 @@ def test_a_fresh_run_refuses_an_earlier_run_unless_told_to_overwrite(tmp_path, c
 
 
 # -- crash safety: SIGKILL at chosen points, resumed in another process ----------------------------------------------
-def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path):
-    """Two trials of `python -m benchmarks.crash_safety` (20 there): a subprocess SIGKILLs itself after writing a
-    checkpoint's state.pt (before the rename publishes it), or half-way through a log line; this process takes over
-    its lock, resumes, and ends identical to an uninterrupted run."""
-    from benchmarks.crash_safety import config, differences
+@pytest.mark.parametrize("kill, resumed_from", [("state:5", 28), ("latest:4", 21), ("log:7", 28)])
+def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path, kill, resumed_from):
+    """Three trials of `python -m benchmarks.crash_safety` (which runs 20 in fresh interpreters): a forked training
+    process SIGKILLs itself after writing checkpoint 35's state.pt (before the rename publishes it), before `latest`
+    names checkpoint 28 (which is complete), or half-way through log line 35; this process takes over the dead
+    owner's lock, resumes, and ends identical to an uninterrupted run (weights, checkpoints, latest, log)."""
+    from benchmarks.crash_safety import config, differences, fork_child
 
-    ref = tmp_path / "ref"
-    train(config(60), ref, progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = {}
-    for kill in ("state:5", "log:7"):
-        out = tmp_path / kill.replace(":", "_")
-        procs[out] = subprocess.Popen([sys.executable, "-m", "benchmarks.crash_safety", "--child", str(out),
-                                       "--steps", "60", "--kill", kill], cwd=ROOT, env=env, stderr=subprocess.PIPE)
-    for out, proc in procs.items():
-        assert proc.wait(timeout=120) == -signal.SIGKILL, proc.stderr.read()
-        if out.name.startswith("state"):
-            assert (out / "checkpoints" / "step_00000035.tmp" / "state.pt").exists()  # killed inside the write
-        assert load_checkpoint(out)["step"] == 28  # step 35's checkpoint never completed, or came after the log line
-        train(config(60), out, resume=True, progress=False)  # the dead child's lock is taken over
-        assert differences(out, ref) == []
+    train(config(60), tmp_path / "ref", progress=False)
+    out = tmp_path / "run"
+    assert fork_child(out, False, kill, steps=60) == -signal.SIGKILL
+    assert (out / "checkpoints" / "step_00000035.tmp").exists() == kill.startswith("state")  # inside the write
+    assert load_checkpoint(out)["step"] == resumed_from
+    train(config(60), out, resume=True, progress=False)  # takes the dead child's lock over
+    assert differences(out, tmp_path / "ref") == []
 
 
 # -- 6, 7: likelihood and shapes --------------------------------------------------------------------------------------
@@ -254,7 +244,7 @@ def _png_claiming(path: Path, width: int, height: int) -> None:
 def test_bad_values_and_inputs_get_one_clear_line(tmp_path, capsys, tiny_run):
     out = ["--out", str(tmp_path / "s.png")]
     for argv, needle in [
-        (["sample", "--checkpoint", str(tiny_run), "--batch", "0", *out], "--batch: must be a positive integer, got 0"),
+        (["sample", "--checkpoint", str(tiny_run), "--batch", "0", *out], "--batch: must be a positive integer below 2^63, got 0"),
         (["sample", "--checkpoint", str(tiny_run), "--batch", "-3", *out], "--batch: must be a positive integer"),
         (["sample", "--checkpoint", str(tiny_run), "--guidance", "classifier", "--label", "3", "--classifier",
           str(tiny_run), *out], "is a score model, not a noise-aware classifier"),
