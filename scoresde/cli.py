@@ -12,10 +12,11 @@ import torch
 import toy_data
 
 from ._utils import check_writable
-from .evaluation import (compare, evaluate_nll, guided_score_for, preview, preview_eval_fn, sample_model, save,
-                         trajectories)
+from .evaluation import (compare, compare_images, evaluate_nll, guided_score_for, preview, preview_eval_fn, sample_model,
+                         save, save_images, trajectories)
 from .evaluation.bounds import int_arg
 from .evaluation.digits import cache_dir, evaluate_digits, load_digits_classifier
+from .interop import from_diffusers
 from .processes import PROCESSES, from_config
 from .samplers.registry import GRIDS, SAMPLERS, get_sampler
 from .training import (Model, TrainingInterrupted, config_from_options, latest_checkpoint, load_model, resume_config,
@@ -69,6 +70,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     samplers = None if args.samplers == "all" else [s.strip() for s in args.samplers.split(",")]
     check_writable(args.out, directory=True)
+    if args.diffusers is not None:  # an image model: seconds per image, sample grids, FD for digits
+        if args.grid or args.float64 or args.score_field or args.trajectories:
+            raise ValueError("--grid, --float64, --score-field and --trajectories are for point models, not --diffusers")
+        result = compare_images(_model(args), samplers, _csv(args.nfe, "--nfe"), n=args.n or 64, seed=args.seed)
+        print(result.table(f"{args.diffusers}"), *(f"skip {line}" for line in result.skipped), sep="\n")
+        print(f"wrote {', '.join(map(str, save_images(result, args.out)))}")
+        return
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, device=args.device)
         process, name, score = model.process, model.config.data, model.score_fn()
@@ -80,9 +88,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         score = target.score_fn(process)
     if args.score_field and not isinstance(target, toy_data.GaussianMixture):
         raise ValueError("--score-field draws the exact score; it needs a Gaussian-mixture target")
-    result = compare(target, process, samplers, _csv(args.nfe, "--nfe"), score=score, n=args.n, seed=args.seed,
+    n = args.n or 5000
+    result = compare(target, process, samplers, _csv(args.nfe, "--nfe"), score=score, n=n, seed=args.seed,
                      grid=args.grid, dtype=torch.float64 if args.float64 else torch.float32, device=args.device,
-                     pairwise_n=min(args.n, args.pairwise_n))
+                     pairwise_n=min(n, args.pairwise_n))
     for line in result.skipped:
         print(f"skip {line}", file=sys.stderr)
     print(result.table(f"{name} under {process!r}, {source}"))
@@ -126,7 +135,10 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from .plotting import save_samples
 
     check_writable(args.out, directory=False)
-    model = load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+    model = _model(args)
+    if args.inpaint is not None:
+        return _inpaint(args, model)
+    args.sampler, args.nfe = args.sampler or "dpm_solver_pp", args.nfe or 20
     spec = get_sampler(args.sampler)
     n = args.n if args.n is not None else (10000 if len(model.event_shape) == 1 else 100)
     labels = None if args.label is None else torch.full((n,), args.label, dtype=torch.long)
@@ -139,6 +151,31 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     title = f"{args.sampler}, NFE {spec.nfe(spec.steps_for(args.nfe))}" + \
         (f", label {args.label}" if args.label is not None else "")
     print(f"wrote {', '.join(map(str, save_samples(samples, Path(args.out), reference=ref, title=title)))}")
+
+
+def _model(args: argparse.Namespace):
+    """The model of --checkpoint (a scoresde run) or --diffusers (a local diffusers folder)."""
+    if getattr(args, "diffusers", None) is None:
+        if getattr(args, "null_label", None) is not None:
+            raise ValueError("--null-label is for --diffusers models (scoresde's own use their last label)")
+        return load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+    if getattr(args, "no_ema", False):
+        raise ValueError("--no-ema is for scoresde checkpoints; a diffusers folder holds one set of weights")
+    return from_diffusers(args.diffusers, device=args.device, null_label=getattr(args, "null_label", None))
+
+
+def _inpaint(args: argparse.Namespace, model) -> None:
+    """sample --inpaint: the unconditional score (null label), the library's sample_inpainting, one line of results."""
+    from .evaluation.inpaint import sample_inpainting
+
+    res = sample_inpainting(model.score_fn(None), model.process, model.event_shape, args.inpaint, args.observed,
+                            n=args.n, method=args.inpaint_method, sampler=args.sampler or "ancestral",
+                            nfe=args.nfe or 50, seed=args.seed, out=args.out, device=args.device,
+                            digits=getattr(getattr(model, "config", None), "data", None) == "digits")
+    kept = f"; class kept {res['class_kept']:.1%} (whole image {res['class_full']:.1%}, masked " \
+           f"{res['class_masked']:.1%})" if "class_kept" in res else ""
+    print(f"inpainted {res['n']} images ({res['method']}, {res['sampler']}, NFE {res['nfe']}){kept}; wrote "
+          f"{', '.join(str(f) for f in res['files'])}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -198,30 +235,13 @@ def _add(p: argparse.ArgumentParser, *specs: tuple) -> None:
 _COUNTS = ("--n", "--batch", "--nfe", "--pairwise-n", "--probes")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scoresde", description=__doc__, epilog=EXIT_CODES)
-    sub = parser.add_subparsers(dest="command", required=True)
-    processes, run = f"one of {', '.join(PROCESSES)}", "run directory (or one checkpoint directory)"
+def _model_flags(p: argparse.ArgumentParser, checkpoint: str, required: bool) -> None:
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--checkpoint", help=checkpoint)
+    group.add_argument("--diffusers", help="a local diffusers folder (pipeline: unet/ + scheduler/) instead")
 
-    p = sub.add_parser("targets", help="draw the built-in targets and their exact diffused scores to a PNG")
-    _add(p, ("--targets", "", "comma-separated names (default: all mixtures)"), ("--process", "vp", processes),
-         ("--times", "0.02,0.08,0.2,0.4", "comma-separated process times"), ("--out", "runs/targets.png", ""))
-    p.set_defaults(func=_cmd_targets)
 
-    p = sub.add_parser("compare", help="run samplers on an exact score at several NFE budgets; table, JSON and PNGs")
-    _add(p, ("--target", "ring8", "a Gaussian-mixture target: ring8, grid25, aniso"), ("--process", "vp", processes),
-         ("--samplers", "all", f"comma-separated, or all: {', '.join(SAMPLERS)}"),
-         ("--nfe", "10,20,50", "comma-separated NFE budgets"),
-         ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
-                          "fitted on a pilot batch)"),
-         ("--n", 5000, "samples per run"), ("--pairwise-n", 2000, "points used by mmd and energy_distance (O(n²))"),
-         ("--seed", 0, ""), ("--float64", False, "sample in float64"),
-         ("--score-field", False, "also plot the exact score field"),
-         ("--trajectories", False, "also plot sample trajectories"),
-         ("--checkpoint", None, "compare on a trained model's score (run directory) instead"),
-         ("--device", "cpu", ""), ("--out", "runs/compare", ""))
-    p.set_defaults(func=_cmd_compare)
-
+def _train_parser(sub, processes: str) -> None:
     p = sub.add_parser("train", argument_default=argparse.SUPPRESS,
                        help="train a score network by denoising score matching",
                        description="Train a score network by denoising score matching; a flag not given takes "
@@ -259,11 +279,101 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train", help="run directory")
     p.set_defaults(func=_cmd_train)
 
+
+def _cmd_langevin(args: argparse.Namespace) -> None:
+    from .evaluation.langevin import format_langevin, langevin_report
+
+    check_writable(args.out, directory=True)
+    report = langevin_report(args.energy, args.kT, args.sampler, args.chains, args.steps, dim=args.dim, tau=args.tau,
+                             gamma=args.gamma, mass=args.mass, warmup=args.warmup, seed=args.seed,
+                             device=args.device, out=args.out)
+    print(format_langevin(report))
+    for f in report["files"]:
+        print(f"wrote {f}")
+
+
+def _cmd_anneal(args: argparse.Namespace) -> None:
+    from .evaluation.langevin import anneal_report, format_anneal
+
+    print(format_anneal(anneal_report(args.energy, args.dim, args.schedule, args.chains, args.steps, kT0=args.kT0,
+                                      kT1=args.kT1, tau=args.tau, restarts=args.restarts, adapt=args.adapt,
+                                      tol=args.tol, seed=args.seed, device=args.device)))
+
+
+def _energy_parsers(sub) -> None:
+    p = sub.add_parser("langevin", help="Boltzmann sampling of an energy at kT against its exact moments; table, PNGs")
+    p.add_argument("--energy", default="double_well", help="harmonic, double_well, muller_brown, rosenbrock, "
+                   "rastrigin or a Gaussian mixture (ring8, grid25, aniso)")
+    p.add_argument("--dim", type=int, default=None, help="dimension (harmonic, double_well, rastrigin)")
+    p.add_argument("--kT", type=float, default=0.5)
+    p.add_argument("--sampler", default="mala", help="ula, mala or baoab")
+    p.add_argument("--chains", type=_count, default=1000)
+    p.add_argument("--steps", type=_count, default=5000)
+    p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima); "
+                   "ULA/MALA step eta = kT tau / gamma, MALA's start of adaptation")
+    p.add_argument("--gamma", type=float, default=1.0, help="friction")
+    p.add_argument("--mass", type=float, default=1.0, help="mass (baoab)")
+    p.add_argument("--warmup", type=int, default=None, help="burn-in / MALA adaptation steps (default steps / 5)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/langevin", type=Path)
+    p.set_defaults(func=_cmd_langevin)
+
+    p = sub.add_parser("anneal", help="simulated annealing: success rate at reaching the global minimum")
+    p.add_argument("--energy", default="rastrigin")
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--schedule", default="geometric", help="geometric, linear or logarithmic")
+    p.add_argument("--chains", type=_count, default=1000)
+    p.add_argument("--steps", type=_count, default=5000)
+    p.add_argument("--kT0", type=float, default=10.0)
+    p.add_argument("--kT1", type=float, default=0.01)
+    p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima)")
+    p.add_argument("--restarts", type=int, default=1, help="cooling cycles, each reheating from the best state")
+    p.add_argument("--adapt", type=float, default=0.05, help="per-chain step adaptation gain (0: fixed tau)")
+    p.add_argument("--tol", type=float, default=0.1, help="success: best energy within tol of the global minimum")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_anneal)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="scoresde", description=__doc__, epilog=EXIT_CODES)
+    sub = parser.add_subparsers(dest="command", required=True)
+    processes, run = f"one of {', '.join(PROCESSES)}", "run directory (or one checkpoint directory)"
+
+    p = sub.add_parser("targets", help="draw the built-in targets and their exact diffused scores to a PNG")
+    _add(p, ("--targets", "", "comma-separated names (default: all mixtures)"), ("--process", "vp", processes),
+         ("--times", "0.02,0.08,0.2,0.4", "comma-separated process times"), ("--out", "runs/targets.png", ""))
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser("compare", help="run samplers on an exact score at several NFE budgets; table, JSON and PNGs")
+    _add(p, ("--target", "ring8", "a Gaussian-mixture target: ring8, grid25, aniso"), ("--process", "vp", processes),
+         ("--samplers", "all", f"comma-separated, or all: {', '.join(SAMPLERS)}"),
+         ("--nfe", "10,20,50", "comma-separated NFE budgets"),
+         ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
+                          "fitted on a pilot batch)"),
+         ("--n", _count, "samples per run (default 5000 points, 64 images)"),
+         ("--pairwise-n", 2000, "points used by mmd and energy_distance (O(n²))"),
+         ("--seed", 0, ""), ("--float64", False, "sample in float64"),
+         ("--score-field", False, "also plot the exact score field"),
+         ("--trajectories", False, "also plot sample trajectories"),
+         ("--device", "cpu", ""), ("--out", "runs/compare", ""))
+    _model_flags(p, "compare on a trained model's score (run directory) instead", required=False)
+    p.set_defaults(func=_cmd_compare)
+
+    _train_parser(sub, processes)
+
     p = sub.add_parser("sample", help="sample a trained model: PNG plus .pt and .npy")
-    p.add_argument("--checkpoint", required=True, help=run)
-    _add(p, ("--sampler", "dpm_solver_pp", ""), ("--nfe", 20, ""), ("--grid", None, "replace the sampler's grid"),
+    _model_flags(p, run, required=True)
+    p.add_argument("--null-label", type=int, help="--diffusers class-conditional models: the CFG null class")
+    _add(p, ("--sampler", None, "default dpm_solver_pp (ancestral with --inpaint)"),
+         ("--nfe", _count, "default 20 (50 with --inpaint)"), ("--grid", None, "replace the sampler's grid"),
          ("--n", _count, "samples (default 10000 points or 100 images)"),
          ("--batch", 10000, "samples per sampler call (memory only: samples do not depend on it)"),
+         ("--inpaint", None, "inpaint images: lower-half, upper-half, left-half, right-half (the half to fill in) "
+                             "or MASK.png (white = fill in)"),
+         ("--observed", None, "with --inpaint: IMAGE.png (digits models: default the first --n held-out digits)"),
+         ("--inpaint-method", "repaint", "repaint, replacement or pigdm"),
          ("--label", int, "class label (class-conditional models)"), ("--guidance", "none", "none, cfg or classifier"),
          ("--w", 1.0, "classifier-free guidance weight"), ("--classifier", None, "noise-aware classifier run"),
          ("--scale", 1.0, "classifier guidance scale"), ("--no-ema", False, "the trained weights, not the EMA"),
@@ -287,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
          ("--steps", _count, "steps of a fixed-step method"), ("--rtol", 1e-5, ""), ("--atol", 1e-5, ""),
          ("--float64", False, "integrate in float64"), ("--seed", 0, ""), ("--device", "cpu", ""))
     p.set_defaults(func=_cmd_likelihood)
+
+    _energy_parsers(sub)
     return parser
 
 

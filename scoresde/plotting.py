@@ -192,3 +192,49 @@ def save_samples(x: torch.Tensor, out: str | Path, reference: torch.Tensor | Non
     torch.save(x, png.with_suffix(".pt"))
     np.save(png.with_suffix(".npy"), x.numpy())
     return [png, png.with_suffix(".pt"), png.with_suffix(".npy")]
+
+
+def plot_boltzmann(samples: torch.Tensor, axes: Sequence, density, out: str | Path, title: str = "",
+                   max_points: int = 500_000) -> Path:
+    """Samples (N, d), d = 1 or 2, over the exact Boltzmann density on its grid (axes, density): a histogram and
+    the density line in 1-D; in 2-D the exact density beside the samples' 2-D histogram, exact contours on both."""
+    import numpy as np
+
+    x = samples.detach().reshape(samples.shape[0], -1)[:max_points].cpu().double().numpy()
+    d = x.shape[1]
+    if d == 1:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        ax.hist(x[:, 0], bins=120, range=(axes[0][0], axes[0][-1]), density=True, color="C0", alpha=0.5,
+                label=f"samples ({len(x)})")
+        ax.plot(axes[0], density, color="k", lw=1.2, label="exact Boltzmann")
+        ax.set(xlabel="x", ylabel="density", title=title)
+        ax.legend(fontsize=8)
+        return _save(fig, out)
+    if d != 2:
+        raise ValueError(f"plot_boltzmann draws 1-D or 2-D samples, got {d} dimensions")
+    p = np.asarray(density)
+    levels = np.quantile(p[p > p.max() * 1e-6], [0.5, 0.8, 0.95, 0.99]) if (p > 0).any() else None
+    q = np.quantile(x, [0.001, 0.999], axis=0)  # zoom onto where the mass is
+    lim = [(q[0, i] - 0.1 * (q[1, i] - q[0, i]), q[1, i] + 0.1 * (q[1, i] - q[0, i])) for i in range(2)]
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(9, 4))
+    a0.contourf(axes[0], axes[1], p.T, levels=30, cmap="Blues")
+    a0.set_title("exact Boltzmann density", fontsize=9)
+    a1.hist2d(x[:, 0], x[:, 1], bins=150, range=lim, density=True, cmap="Blues")
+    a1.set_title(f"samples ({len(x)}){': ' + title if title else ''}", fontsize=9)
+    for ax in (a0, a1):
+        if levels is not None:
+            ax.contour(axes[0], axes[1], p.T, levels=np.unique(levels), colors="k", linewidths=0.6)
+        ax.set(xlim=lim[0], ylim=lim[1], xlabel="x", ylabel="y")
+    return _save(fig, out)
+
+
+def plot_traces(traces: Mapping[str, torch.Tensor], out: str | Path, chains: int = 4) -> Path:
+    """Traces (draws, chains) of scalar quantities, the first few chains of each, one panel per quantity."""
+    fig, axes = plt.subplots(len(traces), 1, figsize=(8, 1.8 * len(traces)), squeeze=False)
+    for ax, (name, t) in zip(axes[:, 0], traces.items()):
+        t = t.detach().cpu().double()
+        for j in range(min(chains, t.shape[1])):
+            ax.plot(t[:, j], lw=0.5)
+        ax.set_ylabel(name, fontsize=8)
+    axes[-1, 0].set_xlabel("recorded step")
+    return _save(fig, out)

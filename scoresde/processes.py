@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ._utils import append_dims, as_time, check_positive
 
-__all__ = ["Process", "VE", "VP", "SubVP", "DiscreteVP", "from_config", "PROCESSES"]
+__all__ = ["Process", "VE", "VP", "SubVP", "DiscreteVP", "EDM", "from_config", "PROCESSES"]
 
 
 class Process:
@@ -403,6 +403,10 @@ class DiscreteVP(Process):
     def _sigma(self, t):
         return torch.sqrt(-torch.expm1(self._log_alpha_bar(t)))
 
+    def _alpha_sigma(self, t):
+        lab = self._log_alpha_bar(t)  # one table lookup for both
+        return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
+
     def _log_snr(self, t):
         lab = self._log_alpha_bar(t)
         return lab - torch.log(-torch.expm1(lab))
@@ -432,13 +436,57 @@ class DiscreteVP(Process):
         return 1.0
 
 
-PROCESSES = ("vp", "ve", "subvp", "ddpm", "ddpm-cosine")
+class EDM(Process):
+    """EDM's parametrisation (Karras et al. 2022): alpha = 1, sigma(t) = t, t in [sigma_min, sigma_max].
+
+    Process time is the noise level, so an EDM or k-diffusion denoiser D(x, sigma) runs at t = sigma unchanged.
+    The marginals are VE's; only the clock differs (VE's t is log sigma, rescaled to [0, 1]).
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        check_positive("sigma_min", sigma_min)
+        check_positive("sigma_max", sigma_max)
+        if sigma_min >= sigma_max:
+            raise ValueError(f"need sigma_min < sigma_max, got sigma_min={sigma_min!r} >= sigma_max={sigma_max!r}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.t_min, self.t_max = self.sigma_min, self.sigma_max
+
+    def __repr__(self) -> str:
+        return f"EDM(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+    def config(self) -> dict:
+        return {"name": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    def _alpha(self, t):
+        return 1.0 + 0.0 * t  # stays differentiable in t
+
+    def _sigma(self, t):
+        return 1.0 * t
+
+    def _log_snr(self, t):
+        return -2.0 * torch.log(t)
+
+    def _t_from_log_snr(self, log_snr):
+        return torch.exp(-0.5 * log_snr)
+
+    def _f(self, t):
+        return torch.zeros_like(t)
+
+    def _g2(self, t):
+        return 2.0 * t
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+
+PROCESSES = ("vp", "ve", "subvp", "ddpm", "ddpm-cosine", "edm")
 
 
 def from_config(config: dict | str) -> Process:
     """Rebuild a process from Process.config(); a name alone takes the defaults ("ddpm-cosine": the cosine DDPM).
 
-    Names: vp, ve, subvp, ddpm (linear betas; schedule "cosine" or "custom" with betas), ddpm-cosine.
+    Names: vp, ve, subvp, ddpm (linear betas; schedule "cosine" or "custom" with betas), ddpm-cosine, edm.
     """
     if isinstance(config, str):
         config = {"name": "ddpm", "schedule": "cosine"} if config == "ddpm-cosine" else {"name": config}
@@ -447,8 +495,8 @@ def from_config(config: dict | str) -> Process:
     kw = {k: v for k, v in config.items() if k != "name"}
     name = config["name"]
     try:
-        if name == "ve":
-            return VE(**kw)
+        if name in ("ve", "edm"):
+            return (VE if name == "ve" else EDM)(**kw)
         if name in ("vp", "subvp"):
             return (VP if name == "vp" else SubVP)(**kw)
         if name == "ddpm":

@@ -4,6 +4,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from scoresde.testing import sample_times
+
 # Deterministic property tests: the same examples every run, no time limits on slow CPUs.
 settings.register_profile(
     "scoresde",
@@ -21,6 +23,11 @@ DEVICE = torch.device(os.environ.get("SCORESDE_TEST_DEVICE", "cpu"))
 # slower under load), and one thread makes CPU reductions run in one fixed order.
 if DEVICE.type == "cpu":
     torch.set_num_threads(1)
+
+
+def times(process, n: int, seed: int) -> torch.Tensor:
+    """n seeded times uniform on [t_min, t_max] (float64, on the test device)."""
+    return sample_times(process, n, seed, device=DEVICE)
 
 
 @pytest.fixture

@@ -106,8 +106,12 @@ def test_no_private_name_crosses_modules(module):
         if dep in SOURCES:
             bad = [n for n in names if n.startswith("_") and not n.startswith("__")]
             assert not bad, f"{module} imports private names {bad} from {dep}"
-    for node in ast.walk(tree):  # process._f, schedules._ends, ...: private attributes of other objects
+    own = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
+    for node in ast.walk(tree):  # process._f, schedules._ends, ...: private attributes of other modules' objects
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if node.attr in own:  # the module's own class (e.g. a classmethod setting up a new instance)
+                continue
             if isinstance(node.value, ast.Name) and node.value.id not in ("self", "cls", "torch", "np"):
                 owner = node.value.id
                 assert module == "scoresde.processes" and owner == "process", \
@@ -133,7 +137,30 @@ def test_functions_are_short_and_the_cli_is_thin():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 90, f"{module}.{node.name} is {length} lines"
-    assert len((ROOT / "scoresde" / "cli.py").read_text().splitlines()) <= 320
+    # cli.py parses and prints: 296 lines with the six commands of issue 16; each later command (langevin, anneal,
+    # the diffusers and inpainting options) adds its parser lines and a short handler, its logic in the library
+    cli = SOURCES["scoresde.cli"][0]
+    handlers = [n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name not in ("build_parser", "main")]
+    assert all(n.end_lineno - n.lineno + 1 <= 45 for n in handlers), [(n.name, n.end_lineno - n.lineno + 1) for n in handlers]
+    assert len((ROOT / "scoresde" / "cli.py").read_text().splitlines()) <= 480
+
+
+OPTIONAL_PEERS = ("diffusers", "k_diffusion")  # extras (scoresde[diffusers]); the core never needs them
+
+
+def _module_level_imports(tree: ast.AST) -> list[str]:
+    """Modules imported outside any function (those run on import)."""
+    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)}
+    return [a.name if isinstance(n, ast.Import) else n.module or "" for n in ast.walk(tree) if id(n) not in lazy
+            and isinstance(n, (ast.Import, ast.ImportFrom)) for a in (n.names if isinstance(n, ast.Import) else [n])]
+
+
+def test_optional_peers_are_imported_lazily():
+    for module, (tree, _) in SOURCES.items():
+        peers = [m for m in _module_level_imports(tree) if m.split(".")[0] in OPTIONAL_PEERS]
+        assert not peers, f"{module} imports {peers} on import; import them inside the functions that need them"
+    assert _module_level_imports(ast.parse("import diffusers\ndef f():\n    import k_diffusion\n")) == ["diffusers"]
 
 
 def test_rules_catch_a_violation():

@@ -1,6 +1,8 @@
 """The command line: help, the main job's PNG, and one-line errors."""
 
 import subprocess
+
+import pytest
 import sys
 
 import torch
@@ -10,9 +12,10 @@ from scoresde.cli import main
 from .conftest import DEVICE
 
 
-def test_help_runs():
-    out = subprocess.run([sys.executable, "-m", "scoresde.cli", "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "targets" in out.stdout
+def test_help_runs(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "targets" in capsys.readouterr().out
 
 
 def test_targets_writes_a_png(tmp_path, capsys):

@@ -14,9 +14,9 @@ from scoresde import VP, predict
 from scoresde.guidance import classifier, classifier_free, interval, weighted_sum
 from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers.registry import get_sampler
+from scoresde.testing.strategies import mixtures, processes, seeds
 
-from .conftest import DEVICE
-from .strategies import mixtures, processes, seeds, times
+from .conftest import DEVICE, times
 
 EXAMPLES = settings(max_examples=25)
 
@@ -48,7 +48,7 @@ def _close(a, b, *refs):
 
 
 @EXAMPLES
-@given(mixtures(labelled=True), processes(), seeds, st.integers(0, 1))
+@given(mixtures(labelled=True), processes(reaches_prior=False), seeds, st.integers(0, 1))
 def test_exact_classifier_guidance_at_scale_one_is_the_conditional_score(mixture, process, seed, y):
     y = min(y, mixture.num_classes - 1)
     uncond, cond, log_prob = _exact(mixture, process, y)
@@ -62,7 +62,7 @@ def test_exact_classifier_guidance_at_scale_one_is_the_conditional_score(mixture
 
 
 @EXAMPLES
-@given(mixtures(labelled=True), processes(), seeds, st.integers(0, 1), st.floats(-3.0, 5.0))
+@given(mixtures(labelled=True), processes(reaches_prior=False), seeds, st.integers(0, 1), st.floats(-3.0, 5.0))
 def test_classifier_free_endpoints_and_linearity(mixture, process, seed, y, w):
     y = min(y, mixture.num_classes - 1)
     uncond, cond, _ = _exact(mixture, process, y)
@@ -77,7 +77,7 @@ def test_classifier_free_endpoints_and_linearity(mixture, process, seed, y, w):
 
 
 @EXAMPLES
-@given(mixtures(labelled=True), processes(), seeds, st.floats(-2.0, 4.0), st.floats(-2.0, 4.0))
+@given(mixtures(labelled=True), processes(reaches_prior=False), seeds, st.floats(-2.0, 4.0), st.floats(-2.0, 4.0))
 def test_weighted_sum_composes_conditions_and_negative_prompts(mixture, process, seed, w1, w2):
     uncond = mixture.score_fn(process)
     c1 = mixture.conditional(0).score_fn(process)
@@ -95,7 +95,7 @@ def test_weighted_sum_composes_conditions_and_negative_prompts(mixture, process,
 
 
 @EXAMPLES
-@given(mixtures(labelled=True), processes(), seeds, st.floats(-1.0, 3.0))
+@given(mixtures(labelled=True), processes(reaches_prior=False), seeds, st.floats(-1.0, 3.0))
 def test_guidance_in_score_space_is_guidance_of_eps_x0_and_v(mixture, process, seed, w):
     uncond, cond, _ = _exact(mixture, process, 0)
     x, t = _noisy(mixture, process, seed)
@@ -106,7 +106,7 @@ def test_guidance_in_score_space_is_guidance_of_eps_x0_and_v(mixture, process, s
 
 
 @EXAMPLES
-@given(mixtures(labelled=True), processes(), seeds)
+@given(mixtures(labelled=True), processes(reaches_prior=False), seeds)
 def test_interval_switches_per_sample(mixture, process, seed):
     uncond, cond, _ = _exact(mixture, process, 0)
     x, t = _noisy(mixture, process, seed)

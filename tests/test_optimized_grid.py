@@ -20,12 +20,12 @@ def _pilot(process, n, seed):
 @pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0)], ids=["vp", "ve"])
 def test_grid_is_decreasing_between_the_ends_with_n_steps_and_deterministic(process):
     score = toy_data.load("ring8").score_fn(process)
-    kw = dict(max_evals=60)
-    ts = optimized(process, 5, score, dpm_solver_pp, _pilot(process, 100, 3), **kw)
+    kw = dict(max_evals=20)
+    ts = optimized(process, 5, score, dpm_solver_pp, _pilot(process, 50, 3), **kw)
     assert ts.dtype == torch.float64 and ts.shape == (6,)
     assert float(ts[0]) == process.t_max and float(ts[-1]) == process.t_min
     assert bool((ts[1:] < ts[:-1]).all())
-    again = optimized(process, 5, score, dpm_solver_pp, (100, 2), generator=torch.Generator().manual_seed(3), **kw)
+    again = optimized(process, 5, score, dpm_solver_pp, (50, 2), generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(ts, again)  # a pilot shape with a seeded generator draws the same batch (float64, CPU)
 
 

@@ -8,23 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scoresde import VE, VP, DiscreteVP, SubVP
+from scoresde.testing import sample_times
+from scoresde.testing.strategies import processes, seeds
+from scoresde.processes import EDM, PROCESSES, from_config
 
-from .conftest import DEVICE
-from .strategies import processes, seeds, times
-
-
-def _interior_times(process, n, seed):
-    """Times away from DiscreteVP's knots, where its piecewise-linear log alpha_bar has no derivative."""
-    t = times(process, n, seed)
-    if isinstance(process, DiscreteVP):
-        g = torch.Generator().manual_seed(seed + 1)
-        steps = torch.randint(2, process.N + 1, (n,), generator=g)
-        u = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
-        t = ((steps - u) / process.N).to(DEVICE)
-    return t
+from .conftest import DEVICE, times
 
 
-@given(processes(), seeds)
+@given(processes(reaches_prior=False), seeds)
 def test_log_snr_and_its_inverse(process, seed):
     t = times(process, 64, seed)
     lam = process.log_snr(t)
@@ -32,9 +23,9 @@ def test_log_snr_and_its_inverse(process, seed):
     assert torch.allclose(lam, torch.log(process.alpha(t) ** 2 / process.sigma(t) ** 2), atol=1e-8, rtol=1e-8)
 
 
-@given(processes(), seeds)
+@given(processes(reaches_prior=False), seeds)
 def test_drift_and_diffusion_reproduce_the_marginal(process, seed):
-    t = _interior_times(process, 32, seed).requires_grad_(True)
+    t = sample_times(process, 32, seed, interior=True, device=DEVICE).requires_grad_(True)
     alpha, sigma = process.alpha(t), process.sigma(t)
     (dalpha,) = torch.autograd.grad(alpha.sum(), t)
     (dvar,) = torch.autograd.grad((sigma**2).sum(), t)
@@ -93,7 +84,7 @@ def test_ddpm_posterior_is_bayes_rule(n, cosine, seed):
     assert math.isclose(c_xt.item(), math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab), rel_tol=1e-9)
 
 
-@given(processes(), seeds)
+@given(processes(reaches_prior=False), seeds)
 def test_posterior_between_any_two_times_is_bayes_rule(process, seed):
     t = times(process, 2, seed).sort().values
     s, t = t[0], t[1]
@@ -124,7 +115,7 @@ def test_ddpm_linear_is_the_discretised_vp_sde():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(7,), (7, 2), (7, 1, 8, 8)])
-@pytest.mark.parametrize("process", [VE(), VP(), SubVP(), DiscreteVP.linear(), DiscreteVP.cosine()], ids=repr)
+@pytest.mark.parametrize("process", [VE(), VP(), SubVP(), DiscreteVP.linear(), DiscreteVP.cosine(), EDM()], ids=repr)
 def test_shapes_dtypes_and_devices(process, shape, dtype):
     x0 = torch.randn(shape, dtype=dtype, device=DEVICE)
     eps = torch.randn_like(x0)
@@ -142,7 +133,7 @@ def test_shapes_dtypes_and_devices(process, shape, dtype):
         assert torch.isfinite(out).all(), name
 
 
-@pytest.mark.parametrize("process", [VE(0.01, 10.0), VP(), SubVP(), DiscreteVP.linear()], ids=repr)
+@pytest.mark.parametrize("process", [VE(0.01, 10.0), VP(), SubVP(), DiscreteVP.linear(), EDM(0.002, 10.0)], ids=repr)
 def test_prior_sampling_and_log_density(process):
     g1 = torch.Generator(device=DEVICE).manual_seed(3)
     g2 = torch.Generator(device=DEVICE).manual_seed(3)
@@ -155,3 +146,26 @@ def test_prior_sampling_and_log_density(process):
     # at t_max the marginal of any bounded data is (close to) the prior
     s = process.sigma(torch.tensor(process.t_max, dtype=torch.float64))
     assert abs(s.item() / process.prior_std - 1) < 1e-3
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_every_named_process_round_trips_through_its_config(name):
+    process = from_config(name)
+    again = from_config(process.config())
+    assert again.config() == process.config() and type(again) is type(process)
+    t = torch.linspace(process.t_min, process.t_max, 17, dtype=torch.float64)
+    assert torch.equal(again.alpha(t), process.alpha(t)) and torch.equal(again.sigma(t), process.sigma(t))
+
+
+def test_edm_is_sigma_equals_t():
+    """EDM (Karras et al. 2022): alpha = 1, sigma(t) = t on [sigma_min, sigma_max]; VE's marginals on another clock."""
+    process, ve = EDM(0.002, 80.0), VE(0.002, 80.0)
+    t = torch.linspace(0.002, 80.0, 101, dtype=torch.float64)
+    assert torch.equal(process.sigma(t), t) and torch.equal(process.alpha(t), torch.ones_like(t))
+    assert (process.t_min, process.t_max, process.prior_std) == (0.002, 80.0, 80.0)
+    u = ve.t_from_log_snr(process.log_snr(t))  # the VE time of the same noise level
+    assert torch.allclose(ve.sigma(u), t, rtol=1e-12)
+    with pytest.raises(ValueError, match="sigma_min"):
+        EDM(1.0, 0.5)
+    with pytest.raises(ValueError, match="outside"):
+        process.sigma(torch.tensor([0.001], dtype=torch.float64))

@@ -8,6 +8,7 @@ import torch
 
 import toy_data
 from scoresde import VE, VP, DiscreteVP, CountEvals
+from scoresde.processes import EDM
 from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers import analytic_x0_var, ancestral, ancestral_analytic, ddim, dpm_solver_pp, euler, heun, langevin, probability_flow
 from scoresde.samplers.registry import SAMPLERS, get_sampler
@@ -62,7 +63,7 @@ def _floor(target, n=N):
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-@pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0)], ids=["vp", "ve"])
+@pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0), EDM(0.01, 10.0)], ids=["vp", "ve", "edm"])
 def test_every_sampler_reaches_ring8(name, process):
     target = toy_data.load("ring8")
     ref, floor = _floor(target)

@@ -22,6 +22,7 @@ __all__ = [
     "mnist",
     "cifar10",
     "image_folder",
+    "read_png",
     "get_images",
     "read_idx",
     "IMAGE_SETS",
@@ -318,6 +319,14 @@ def _read_png(path: Path) -> np.ndarray:
             raise ValueError(f"{path} has transparent pixels; save it without an alpha channel")
         a = a[:, :, :-1]
     return a
+
+
+def read_png(path: str | Path) -> Tensor:
+    """One 8-bit PNG as a float32 (C, H, W) tensor in [-1, 1], C = 1 (grayscale) or 3 (RGB)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such PNG: {path}")
+    return _scale(_read_png(path).transpose(2, 0, 1), 256)
 
 
 def image_folder(root: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:

@@ -53,7 +53,13 @@ class GaussianMixture:
             raise ValueError(
                 f"covariances[{i}] is not positive definite: smallest eigenvalue {lam[i].min().item()!r}"
             )
-        self.weights, self.means, self.covariances = w, mu, cov
+        self._setup(w, mu, lam, u, labels, event_shape, cov)
+
+    def _setup(self, w: Tensor, mu: Tensor, lam: Tensor, u: Tensor, labels, event_shape, cov: Tensor | None = None):
+        """Store the parameters, covariances given by their eigendecomposition U diag(lam) Uᵀ (lam >= 0)."""
+        k, d = mu.shape
+        self.weights, self.means = w, mu
+        self.covariances = cov if cov is not None else (u * lam[:, None, :]) @ u.transpose(1, 2)
         self.eigvals, self.eigvecs = lam, u
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).cpu()
         if self.labels is not None and self.labels.shape != (k,):
@@ -62,6 +68,20 @@ class GaussianMixture:
         if math.prod(self.event_shape) != d:
             raise ValueError(f"event_shape {self.event_shape} does not hold D = {d} values")
         self._cache: dict = {}
+
+    @classmethod
+    def _from_eigh(cls, w: Tensor, mu: Tensor, lam: Tensor, u: Tensor, labels, event_shape,
+                   cov: Tensor | None = None) -> "GaussianMixture":
+        """A mixture from eigendecomposed covariances; zero eigenvalues allowed (a degenerate mixture)."""
+        out = cls.__new__(cls)
+        out._setup(w, mu, lam, u, labels, event_shape, cov)
+        return out
+
+    @property
+    def degenerate(self) -> bool:
+        """True if some component has zero variance in some direction (the posterior of a noiseless measurement):
+        its density and score exist only once noised (t with sigma(t) > 0)."""
+        return bool((self.eigvals == 0).any())
 
     # -- construction helpers ------------------------------------------------------------------------------------
     @classmethod
@@ -149,6 +169,9 @@ class GaussianMixture:
 
     def _alpha_sigma(self, x: Tensor, process: Process | None, t: Tensor | float | None) -> tuple[Tensor, Tensor]:
         if process is None:
+            if self.degenerate:
+                raise ValueError("this mixture is degenerate (zero variance in some direction, e.g. the posterior of a "
+                                 "noiseless measurement): it has no density or score at t = 0; pass a process and t")
             one = x.new_ones(())
             return one, one * 0
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
@@ -204,9 +227,61 @@ class GaussianMixture:
         if not bool(keep.any()):
             raise ValueError(f"no component has label {y!r}; labels are {sorted(set(self.labels.tolist()))}")
         w = self.weights[keep]
-        return GaussianMixture(
-            w / w.sum(), self.means[keep], self.covariances[keep], self.labels[keep], self.event_shape
+        return GaussianMixture._from_eigh(
+            w / w.sum(), self.means[keep], self.eigvals[keep], self.eigvecs[keep], self.labels[keep], self.event_shape,
+            self.covariances[keep],
         )
+
+    def condition(self, A, y: Tensor | Sequence[float], noise_std: float) -> "GaussianMixture":
+        """The exact posterior p(x0 | y) of the measurement y = A x0 + noise_std n, n ~ N(0, I): a Gaussian mixture.
+
+        A is an (M, D) matrix or an operator with `matrix()` (scoresde.guidance.Mask, BlockAverage, Projection);
+        y is one measurement with M values (no batch). Per component, by Gaussian conditioning:
+            C_k = A S_k Aᵀ + noise_std² I,  K_k = S_k Aᵀ C_k⁻¹,  m_k' = m_k + K_k (y - A m_k),
+            S_k' = (I - K_k A) S_k (I - K_k A)ᵀ + noise_std² K_k K_kᵀ   (Joseph's form: PSD despite rounding),
+        and w_k' ∝ w_k N(y; A m_k, C_k), the component's evidence. noise_std = 0 needs every C_k nonsingular (A of
+        full row rank); the posterior is then degenerate (zero variance along A's rows, eigenvalues set to 0 below
+        rounding level): its noised densities and scores are exact for sigma(t) > 0.
+        """
+        a = torch.as_tensor(A.matrix() if hasattr(A, "matrix") else A, dtype=torch.float64).cpu()
+        d = self.dim
+        if a.ndim != 2 or a.shape[1] != d or a.shape[0] < 1:
+            raise ValueError(f"A must be an (M, {d}) matrix for this D = {d} mixture, got shape {tuple(a.shape)}")
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError("A has a non-finite entry (NaN or inf)")
+        m = a.shape[0]
+        yv = torch.as_tensor(y, dtype=torch.float64).detach().cpu().reshape(-1)
+        if yv.numel() != m:
+            raise ValueError(f"y must hold one measurement of M = {m} values (no batch), got shape "
+                             f"{tuple(torch.as_tensor(y).shape)}")
+        if not bool(torch.isfinite(yv).all()):
+            raise ValueError(f"y has a non-finite entry: {yv.tolist()}")
+        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not noise_std >= 0 \
+                or not math.isfinite(noise_std):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        s = self.covariances
+        sat = s @ a.T  # (K, D, M)
+        c = a @ sat + noise_std**2 * torch.eye(m, dtype=torch.float64)
+        chol, info = torch.linalg.cholesky_ex(c)
+        diag = chol.diagonal(dim1=-2, dim2=-1)
+        singular = (info != 0) | ~(diag.amin(-1) > 1e-7 * diag.amax(-1))  # condition number above 1e14
+        if bool(singular.any()):
+            k = int(singular.nonzero()[0])
+            raise ValueError(f"A S_k Aᵀ + noise_std² I is singular for component {k} (noise_std = {noise_std!r}): "
+                             "with noise_std = 0, A must have full row rank")
+        resid = yv - self.means @ a.T  # (K, M)
+        z = torch.linalg.solve_triangular(chol, resid[..., None], upper=False)[..., 0]
+        log_evidence = -0.5 * (z.square().sum(-1) + m * math.log(2 * math.pi)) - diag.log().sum(-1)
+        gain = torch.cholesky_solve(sat.transpose(1, 2), chol).transpose(1, 2)  # K_k = S_k Aᵀ C_k⁻¹, (K, D, M)
+        mu = self.means + (gain @ resid[..., None])[..., 0]
+        i_ka = torch.eye(d, dtype=torch.float64) - gain @ a
+        cov = i_ka @ s @ i_ka.transpose(1, 2) + noise_std**2 * gain @ gain.transpose(1, 2)
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        lam, u = torch.linalg.eigh(cov)
+        tol = 64 * d * torch.finfo(torch.float64).eps * self.eigvals.amax(1, keepdim=True)
+        lam = torch.where(lam > tol, lam, torch.zeros_like(lam))
+        w = torch.softmax(self.weights.log() + log_evidence, dim=0)
+        return GaussianMixture._from_eigh(w, mu, lam, u, self.labels, self.event_shape)
 
     def score_fn(self, process: Process):
         """The exact ScoreFn (x, t) -> ∇ log p_t(x) of this mixture noised by process."""

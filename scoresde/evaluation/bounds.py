@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import torch
+
 from .._utils import check_memory, format_bytes
 from ..nets import activation_count
 
@@ -43,6 +45,14 @@ def check_nfe(budgets) -> None:
                              f"about {format_bytes(GRID_BYTES * nfe)})")
 
 
+def model_activations(model) -> int:
+    """Values every layer of a Model's (or DiffusersModel's) network outputs for one input through its score."""
+    x = torch.zeros((1, *model.event_shape), device=model.device)
+    t = torch.full((1,), float(model.process.t_max), device=model.device)
+    score = model.score_fn(0 if getattr(model, "num_classes", 0) else None)
+    return activation_count(model.net, lambda: score(x, t))
+
+
 def check_sampling(model, n: int, batch: int, nfe: int) -> None:
     """n samples of a Model in batches at an NFE budget fit in memory: the samples on the host, one batch's
     activations (at most every layer's output) and noise blocks on the model's device."""
@@ -52,7 +62,7 @@ def check_sampling(model, n: int, batch: int, nfe: int) -> None:
     d = math.prod(model.event_shape)
     b = min(batch, n)
     check_memory(2 * 4 * n * d + GRID_BYTES * nfe, f"{n:,} samples of shape {tuple(model.event_shape)} at NFE {nfe}")
-    check_memory(4 * b * (activation_count(model.net) + 4 * d), f"sampling in batches of {b:,} (use a smaller "
+    check_memory(4 * b * (model_activations(model) + 4 * d), f"sampling in batches of {b:,} (use a smaller "
                  "--batch)", model.device)
 
 
@@ -63,7 +73,7 @@ def check_likelihood(model, n: int, batch: int, exact: bool) -> None:
     check_count("batch", batch)
     d, b = math.prod(model.event_shape), min(batch, n)
     jacobian = min(d * b * d, 1 << 24) if exact else b * d
-    check_memory(4 * (3 * b * activation_count(model.net) + 4 * jacobian), f"likelihoods in batches of {b:,} "
+    check_memory(4 * (3 * b * model_activations(model) + 4 * jacobian), f"likelihoods in batches of {b:,} "
                  "(use a smaller --batch)", model.device)
 
 
