@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -12,14 +11,29 @@ import torch
 
 import toy_data
 
-from .evaluation import (compare, compare_images, evaluate_nll, guided_score_for, preview, sample_model, save,
-                         save_images, trajectories)
+from ._utils import check_writable
+from .evaluation import (compare, compare_images, evaluate_nll, guided_score_for, preview, preview_eval_fn, sample_model,
+                         save, save_images, trajectories)
+from .evaluation.bounds import int_arg
 from .evaluation.digits import cache_dir, evaluate_digits, load_digits_classifier
 from .interop import from_diffusers
 from .processes import PROCESSES, from_config
 from .samplers.registry import GRIDS, SAMPLERS, get_sampler
-from .training import (Model, NonFiniteLossError, config_from_options, latest_checkpoint, load_checkpoint, load_model,
+from .training import (Model, TrainingInterrupted, config_from_options, latest_checkpoint, load_model, resume_config,
                        train)
+
+EXIT_CODES = ("exit status: 0 done; 1 runtime error (an output could not be written, the run directory is in use, a "
+              "non-finite loss, out of memory, ...); 2 usage error (a bad flag, value or input, refused before work "
+              "starts); 130 or 143 training interrupted by SIGINT or SIGTERM after writing a checkpoint (continue "
+              "with --resume). Errors are one line on stderr, without a traceback.")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2 (argparse prints the usage too)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+_count, _seed = int_arg(1, 2**63, "a positive integer below 2^63"), int_arg(0, 2**63, "in [0, 2^63)")
 
 
 def _csv(text: str, what: str, kind: type = int) -> list:
@@ -42,6 +56,7 @@ def _mixture(name: str):
 def _cmd_targets(args: argparse.Namespace) -> None:
     from .plotting import plot_score_fields  # matplotlib: imported by the commands that draw
 
+    check_writable(args.out, directory=False)
     process = from_config(args.process)
     targets = {name: _mixture(name) for name in (args.targets.split(",") if args.targets else toy_data.MIXTURES)}
     times = _csv(args.times, "--times", float)
@@ -54,6 +69,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from .plotting import plot_score_fields
 
     samplers = None if args.samplers == "all" else [s.strip() for s in args.samplers.split(",")]
+    check_writable(args.out, directory=True)
     if args.diffusers is not None:  # an image model: seconds per image, sample grids, FD for digits
         if args.grid or args.float64 or args.score_field or args.trajectories:
             raise ValueError("--grid, --float64, --score-field and --trajectories are for point models, not --diffusers")
@@ -88,39 +104,26 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "out", "resume")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "out", "resume", "overwrite")}
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints and draws
     if args.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {out}")
-        fixed = sorted(set(given) - {"steps", "preview", "preview_every"})
-        if fixed:
-            raise ValueError(f"--resume continues the saved configuration; it takes --steps, not "
-                             f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
-        config = dataclasses.replace(load_checkpoint(ckpt)["config"], **{k: given[k] for k in given if k == "steps"})
+        config, ckpt = resume_config(out, {k: v for k, v in given.items() if k not in ("preview", "preview_every")})
         data = None  # train() loads config.data
         if main_process:
             print(f"resuming {ckpt} to step {config.steps}")
     else:
-        if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
-            raise ValueError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
         given.setdefault("data", "moons")
         data = toy_data.load(given["data"], root=given.get("data_root"), split="train")
         config = config_from_options(dict(given), data)
     previews = given.get("preview", True) and config.net.get("name") not in ("mlp_classifier", "encoder_classifier")
     every = given.get("preview_every", config.checkpoint_every if config.net.get("name") == "unet" else 0)
-
-    def eval_fn(step, ema) -> dict:
-        model = Model(ema.eval(), from_config(config.process), config, step)
-        return {"preview": str(preview(model, out / "previews" / f"step_{step:08d}.png", config.seed, f"step {step}",
-                                       arrays=False))}
-
-    result = train(config, out, resume=args.resume, data=data, eval_fn=eval_fn if previews else None,
-                   eval_every=every)
+    result = train(config, out, resume=args.resume, overwrite=args.overwrite, data=data,
+                   eval_fn=preview_eval_fn(config, out) if previews else None, eval_every=every)
     if not main_process:
         return
-    tail = result.losses[-config.log_every:] or [float("nan")]
+    if not result.losses:
+        return print(f"{out} is at step {result.step} already; nothing to train (ask for more --steps)")
+    tail = result.losses[-config.log_every:]
     print(f"trained {config.data} on {result.process!r} to step {result.step} in {result.seconds:.1f} s; "
           f"loss {sum(tail) / len(tail):.4f}; checkpoint {latest_checkpoint(out)}")
     if previews:
@@ -131,27 +134,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .plotting import save_samples
 
+    check_writable(args.out, directory=False)
     model = _model(args)
     if args.inpaint is not None:
         return _inpaint(args, model)
     args.sampler, args.nfe = args.sampler or "dpm_solver_pp", args.nfe or 20
     spec = get_sampler(args.sampler)
     n = args.n if args.n is not None else (10000 if len(model.event_shape) == 1 else 100)
-    if args.grid == "optimized":
-        raise ValueError("--grid optimized is for `scoresde compare` (and samplers.tuning.optimized), not sample")
-    if args.label is not None and args.guidance != "classifier":
-        if model.num_classes == 0:
-            raise ValueError("--label needs a class-conditional model (trained with --conditional) "
-                             "or --guidance classifier")
-        if not 0 <= args.label < model.num_classes:
-            raise ValueError(f"--label {args.label} is outside [0, {model.num_classes - 1}]")
-    g = torch.Generator().manual_seed(args.seed)
-    labels = None if args.label is None else torch.full((max(n, 0),), args.label, dtype=torch.long)
+    labels = None if args.label is None else torch.full((n,), args.label, dtype=torch.long)
     samples = sample_model(model, n, sampler=args.sampler, nfe=args.nfe, grid=args.grid, labels=labels,
                            score_for=guided_score_for(model, args.guidance, args.label, w=args.w, classifier=args.classifier,
-                                                     scale=args.scale, device=args.device), batch=args.batch, generator=g)
+                                                     scale=args.scale, device=args.device), batch=args.batch,
+                           seed=args.seed)
     data = toy_data.load(model.config.data, root=model.config.data_root) if samples.ndim == 2 else None
-    ref = None if data is None else data.sample(min(n, 5000), generator=g)
+    ref = None if data is None else data.sample(min(n, 5000), generator=torch.Generator().manual_seed(args.seed))
     title = f"{args.sampler}, NFE {spec.nfe(spec.steps_for(args.nfe))}" + \
         (f", label {args.label}" if args.label is not None else "")
     print(f"wrote {', '.join(map(str, save_samples(samples, Path(args.out), reference=ref, title=title)))}")
@@ -185,6 +181,8 @@ def _inpaint(args: argparse.Namespace, model) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .plotting import save_samples
 
+    if args.out is not None:
+        check_writable(args.out, directory=False)
     model = load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
     if model.config.data != "digits":
         raise ValueError(f"evaluate measures models of the digits (its classifier is built in); this checkpoint "
@@ -221,14 +219,20 @@ def _cmd_likelihood(args: argparse.Namespace) -> None:
 
 
 def _add(p: argparse.ArgumentParser, *specs: tuple) -> None:
-    """Arguments from (flag, default or type, help) triples; a bool default makes a switch."""
+    """Arguments from (flag, default or type, help) triples; a bool default makes a switch; an int default of a
+    count (--n, --batch, --nfe, ...) must be positive, a seed in [0, 2^63)."""
     for flag, default, text in specs:
         if isinstance(default, bool):
             p.add_argument(flag, action="store_false" if default else "store_true", help=text)
-        elif isinstance(default, type):
+        elif callable(default):
             p.add_argument(flag, type=default, help=text)
         else:
-            p.add_argument(flag, default=default, type=type(default) if default is not None else None, help=text)
+            kind = {"--seed": _seed}.get(flag, _count if flag in _COUNTS and isinstance(default, int) else
+                                         type(default))
+            p.add_argument(flag, default=default, type=kind if default is not None else None, help=text)
+
+
+_COUNTS = ("--n", "--batch", "--nfe", "--pairwise-n", "--probes")
 
 
 def _model_flags(p: argparse.ArgumentParser, checkpoint: str, required: bool) -> None:
@@ -260,7 +264,7 @@ def _train_parser(sub, processes: str) -> None:
          ("--weighting", str, "sigma2 (default), likelihood, min_snr or none"),
          ("--snr-gamma", float, "gamma of --weighting min_snr (default 5)"),
          ("--importance", False, "importance-sample t (likelihood weighting)"),
-         ("--seed", int, "default 0"), ("--device", str, "default cpu"), ("--checkpoint-every", int, "default 1000"),
+         ("--seed", _seed, "default 0"), ("--device", str, "default cpu"), ("--checkpoint-every", int, "default 1000"),
          ("--preview-every", int, "previews/step_*.png every this many steps (default: each checkpoint for images, "
                                   "never for points; 0: never)"),
          ("--data-streams", int, "independent data streams making up a batch (default: one per process)"),
@@ -271,6 +275,7 @@ def _train_parser(sub, processes: str) -> None:
     p.add_argument("--res-blocks", dest="num_res_blocks", type=int, help="UNet residual blocks per resolution")
     p.add_argument("--no-preview", dest="preview", action="store_false", help="skip previews and samples.png")
     p.add_argument("--resume", action="store_true", default=False, help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", default=False, help="start afresh, removing a run in --out")
     p.add_argument("--out", default="runs/train", help="run directory")
     p.set_defaults(func=_cmd_train)
 
@@ -278,6 +283,7 @@ def _train_parser(sub, processes: str) -> None:
 def _cmd_langevin(args: argparse.Namespace) -> None:
     from .evaluation.langevin import format_langevin, langevin_report
 
+    check_writable(args.out, directory=True)
     report = langevin_report(args.energy, args.kT, args.sampler, args.chains, args.steps, dim=args.dim, tau=args.tau,
                              gamma=args.gamma, mass=args.mass, warmup=args.warmup, seed=args.seed,
                              device=args.device, out=args.out)
@@ -301,14 +307,14 @@ def _energy_parsers(sub) -> None:
     p.add_argument("--dim", type=int, default=None, help="dimension (harmonic, double_well, rastrigin)")
     p.add_argument("--kT", type=float, default=0.5)
     p.add_argument("--sampler", default="mala", help="ula, mala or baoab")
-    p.add_argument("--chains", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--chains", type=_count, default=1000)
+    p.add_argument("--steps", type=_count, default=5000)
     p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima); "
                    "ULA/MALA step eta = kT tau / gamma, MALA's start of adaptation")
     p.add_argument("--gamma", type=float, default=1.0, help="friction")
     p.add_argument("--mass", type=float, default=1.0, help="mass (baoab)")
     p.add_argument("--warmup", type=int, default=None, help="burn-in / MALA adaptation steps (default steps / 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/langevin", type=Path)
     p.set_defaults(func=_cmd_langevin)
@@ -317,21 +323,21 @@ def _energy_parsers(sub) -> None:
     p.add_argument("--energy", default="rastrigin")
     p.add_argument("--dim", type=int, default=None)
     p.add_argument("--schedule", default="geometric", help="geometric, linear or logarithmic")
-    p.add_argument("--chains", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--chains", type=_count, default=1000)
+    p.add_argument("--steps", type=_count, default=5000)
     p.add_argument("--kT0", type=float, default=10.0)
     p.add_argument("--kT1", type=float, default=0.01)
     p.add_argument("--tau", type=float, default=None, help="time step (default from the curvature at the minima)")
     p.add_argument("--restarts", type=int, default=1, help="cooling cycles, each reheating from the best state")
     p.add_argument("--adapt", type=float, default=0.05, help="per-chain step adaptation gain (0: fixed tau)")
     p.add_argument("--tol", type=float, default=0.1, help="success: best energy within tol of the global minimum")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_anneal)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scoresde", description=__doc__)
+    parser = _Parser(prog="scoresde", description=__doc__, epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
     processes, run = f"one of {', '.join(PROCESSES)}", "run directory (or one checkpoint directory)"
 
@@ -346,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
          ("--nfe", "10,20,50", "comma-separated NFE budgets"),
          ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
                           "fitted on a pilot batch)"),
-         ("--n", int, "samples per run (default 5000 points, 64 images)"),
+         ("--n", _count, "samples per run (default 5000 points, 64 images)"),
          ("--pairwise-n", 2000, "points used by mmd and energy_distance (O(n²))"),
          ("--seed", 0, ""), ("--float64", False, "sample in float64"),
          ("--score-field", False, "also plot the exact score field"),
@@ -361,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p, run, required=True)
     p.add_argument("--null-label", type=int, help="--diffusers class-conditional models: the CFG null class")
     _add(p, ("--sampler", None, "default dpm_solver_pp (ancestral with --inpaint)"),
-         ("--nfe", int, "default 20 (50 with --inpaint)"), ("--grid", None, "replace the sampler's grid"),
-         ("--n", int, "samples (default 10000 points or 100 images)"), ("--batch", 10000, "samples per sampler call"),
+         ("--nfe", _count, "default 20 (50 with --inpaint)"), ("--grid", None, "replace the sampler's grid"),
+         ("--n", _count, "samples (default 10000 points or 100 images)"),
+         ("--batch", 10000, "samples per sampler call (memory only: samples do not depend on it)"),
          ("--inpaint", None, "inpaint images: lower-half, upper-half, left-half, right-half (the half to fill in) "
                              "or MASK.png (white = fill in)"),
          ("--observed", None, "with --inpaint: IMAGE.png (digits models: default the first --n held-out digits)"),
@@ -387,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
          ("--n", 1000, ""), ("--batch", 1000, ""), ("--divergence", "exact", "exact (low dimensions) or hutchinson"),
          ("--probes", 1, "Hutchinson probes per sample"),
          ("--method", "dopri5", "dopri5 (adaptive) or euler, midpoint, rk4 (with --steps)"),
-         ("--steps", int, "steps of a fixed-step method"), ("--rtol", 1e-5, ""), ("--atol", 1e-5, ""),
+         ("--steps", _count, "steps of a fixed-step method"), ("--rtol", 1e-5, ""), ("--atol", 1e-5, ""),
          ("--float64", False, "integrate in float64"), ("--seed", 0, ""), ("--device", "cpu", ""))
     p.set_defaults(func=_cmd_likelihood)
 
@@ -396,13 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command; -> the exit status (EXIT_CODES): errors are one line on stderr, never a traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or argparse's usage error (2, its line already printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, NonFiniteLossError) as e:
-        print(f"scoresde {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    except TrainingInterrupted as e:
+        code, line = e.exit_code, f"scoresde {args.command}: {e}"
+    except KeyboardInterrupt:
+        code, line = 130, f"scoresde {args.command}: interrupted"
+    except (ValueError, KeyError, FileNotFoundError) as e:  # bad values and inputs, refused before the work
+        code, line = 2, f"scoresde {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}"
+    except MemoryError:
+        code, line = 1, f"scoresde {args.command}: error: out of memory (ask for less: --n, --batch, --width)"
+    except Exception as e:  # runtime errors: unwritable output, a locked run, a non-finite loss, ...
+        own = e.__class__.__module__.startswith("scoresde")
+        code, line = 1, f"scoresde {args.command}: error: {'' if own else type(e).__name__ + ': '}{e}"
+    print(" ".join(line.split())[:2000], file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

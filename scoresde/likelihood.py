@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from ._utils import check_finite
+from ._utils import check_batch, check_finite
 from .processes import Process
 from .samplers._common import ADAPTIVE_METHODS, FIXED_METHODS, check_ode_method, odeint, pf_drift
 from .schedules import time_range
@@ -59,8 +59,13 @@ def divergence(fn: Callable[[Tensor], Tensor], x: Tensor, eps: Tensor | None = N
         out = fn(y)
         if out.shape != y.shape:
             raise ValueError(f"fn returned shape {tuple(out.shape)} for x of shape {tuple(y.shape)}")
+        if not out.requires_grad:
+            raise ValueError("the divergence needs a score differentiable in x, but its output carries no "
+                             "gradient (it ignores x, or detaches it or runs under torch.no_grad)")
         if eps is not None:
-            (vjp,) = torch.autograd.grad(out, y, grad_outputs=eps)
+            (vjp,) = torch.autograd.grad(out, y, grad_outputs=eps, allow_unused=True)
+            if vjp is None:  # out depends on parameters only, not on x: div = 0
+                return out.detach(), y.new_zeros(y.shape[0])
             return out.detach(), (vjp * eps).flatten(1).sum(1)
         b, d = y.shape[0], y[0].numel()
         chunk = max(1, min(d, _MAX_JACOBIAN_ENTRIES // max(b * d, 1)))
@@ -72,8 +77,10 @@ def divergence(fn: Callable[[Tensor], Tensor], x: Tensor, eps: Tensor | None = N
             v[torch.arange(len(cols), device=y.device), :, cols] = 1
             (rows,) = torch.autograd.grad(
                 out, y, grad_outputs=v.reshape((len(cols),) + out.shape), is_grads_batched=True,
-                retain_graph=start + chunk < d,
+                retain_graph=start + chunk < d, allow_unused=True,
             )
+            if rows is None:  # out does not depend on x
+                return out.detach(), div
             rows = rows.reshape(len(cols), b, d)
             div = div + rows[torch.arange(len(cols), device=y.device), :, cols].sum(0)
     return out.detach(), div
@@ -83,10 +90,7 @@ _divergence = divergence  # log_likelihood's argument `divergence` shadows the f
 
 
 def _check_args(x, divergence, n_probes, probe, rtol, atol, method, steps) -> None:
-    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"x must be a tensor of shape (B, ...), got {getattr(x, 'shape', type(x))}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    check_batch(x)
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
     if probe not in PROBES:

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ._utils import append_dims
+from ._utils import append_dims, check_batch
 from .nets import is_classifier
 from .processes import Process
 from .score import convert
@@ -199,6 +199,7 @@ def dsm_loss(
         raise ValueError(f"snr_gamma must be > 0 for the min_snr weighting, got {snr_gamma!r}")
     if importance is not None and weighting != "likelihood":
         raise ValueError(f"importance sampling of t is for the likelihood weighting, not {weighting!r}")
+    check_batch(x0, "x0")
     b = x0.shape[0]
     weight = None
     if t is not None:
@@ -236,6 +237,7 @@ def classifier_loss(
     """Per-sample cross-entropy of a noise-aware classifier clf(x_t, sigma(t)) -> logits over noisy inputs, with t
     drawn by `process.train_times` unless given (so the classifier is trained at every noise level guidance will
     query). Returns a (B,) tensor."""
+    check_batch(x0, "x0")
     b = x0.shape[0]
     if labels.shape != (b,):
         raise ValueError(f"labels must have shape ({b},), got {tuple(labels.shape)}")

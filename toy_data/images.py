@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 IMAGE_SETS = ("digits", "mnist", "cifar10", "folder")
+MAX_PIXELS = 1 << 24  # per PNG (4096 x 4096): a larger one is refused before it is decoded
+MAX_IDX_BYTES = 1 << 30  # per IDX file, decompressed (MNIST's training images: 47 MB)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -176,8 +178,14 @@ def _find_files(dirs: list[Path], names: tuple[str, ...], what: str, gz: bool = 
 def read_idx(path: str | Path) -> np.ndarray:
     """An unsigned-byte IDX array (LeCun's MNIST format), optionally gzipped."""
     path = Path(path)
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read(MAX_IDX_BYTES + 1)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile, a truncated stream, ...
+        what = "a readable gzip file" if path.suffix == ".gz" else "readable"
+        raise ValueError(f"{path} is not {what}: {e}") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise ValueError(f"{path} holds more than {MAX_IDX_BYTES >> 20} MB of data; not an image set this loads")
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (magic bytes {data[:4].hex() or 'missing'}, "
                          "expected 000008xx)")
@@ -291,6 +299,9 @@ def _read_png(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:  # checked before decoding: a small file may claim a huge image
+                raise ValueError(f"{path} is {im.width} x {im.height} pixels, more than the {MAX_PIXELS:,} this "
+                                 "loader decodes (a decompression bomb, or not a small training image)")
             if im.format != "PNG":
                 raise ValueError(f"{path} is a {im.format} image, not a PNG")
             if im.mode == "P":
@@ -300,7 +311,7 @@ def _read_png(path: Path) -> np.ndarray:
             if im.mode not in ("L", "LA", "RGB", "RGBA"):
                 raise ValueError(f"{path}: PNG mode {im.mode!r} is not supported; use 8-bit grayscale or RGB")
             a = np.asarray(im)
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path} is not a readable PNG: {e}") from None
     a = a[:, :, None] if a.ndim == 2 else a
     if a.shape[2] in (2, 4):

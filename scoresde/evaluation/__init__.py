@@ -5,8 +5,8 @@ from .compare import Comparison, compare, save, trajectories
 from .digits import evaluate_digits, load_digits_classifier
 from .images import ImageComparison, compare_images, save_images
 from .nll import evaluate_nll
-from .samples import guided_score_for, preview, sample_model
+from .samples import PerSampleNoise, guided_score_for, preview, preview_eval_fn, sample_model
 
 __all__ = ["Comparison", "compare", "save", "trajectories", "evaluate_digits", "load_digits_classifier",
            "evaluate_nll", "preview", "sample_model", "guided_score_for", "ImageComparison", "compare_images",
-           "save_images"]
+           "save_images", "preview_eval_fn", "PerSampleNoise"]

@@ -8,6 +8,8 @@ next to the noise floor (the same metrics between two independent exact sample s
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,10 @@ from torch import Tensor
 
 from ..metrics import METRICS, log_density_gap
 from ..processes import Process
-from .._utils import progress_range
+from .._utils import check_device, progress_range
 from ..samplers.registry import GRIDS, SAMPLERS, get_sampler
 from ..score import CountEvals, ScoreFn
+from .bounds import check_compare
 
 __all__ = ["Comparison", "compare", "trajectories", "save"]
 
@@ -120,7 +123,9 @@ def compare(
             raise ValueError("the target has no exact score; pass score= (a learned model's)")
         score = target.score_fn(process)
     log_prob = getattr(target, "log_prob", None)
-    dev = torch.device(device)
+    dev = check_device(device)
+    check_compare(math.prod(event_shape), n, pairwise_n, len(samplers) * len(budgets), budgets,
+                  torch.finfo(dtype).bits // 8, dev)
     gen = torch.Generator().manual_seed(seed)
     reference = target.sample(n, generator=gen, dtype=dtype)
     floors = _measure(target.sample(n, generator=gen, dtype=dtype), reference, pairwise_n, log_prob)
@@ -173,7 +178,9 @@ def save(result: Comparison, out: str | Path, *, meta: dict | None = None,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({**(meta or {}), **result.to_json()}, indent=2))
+    text = json.dumps({**(meta or {}), **result.to_json()}, indent=2)
+    (out / "results.json.tmp").write_text(text)
+    os.replace(out / "results.json.tmp", out / "results.json")  # complete or absent
     written = [out / "results.json",
                plot_sample_grid(result.samples, result.reference, out / "samples.png"),
                plot_quality_vs_nfe(result.records, result.floors, result.metrics, out / "quality_vs_nfe.png")]

@@ -189,8 +189,8 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
     "n", "nfe", "seconds"}; fd_floor is the Fréchet distance of n real train digits to the same test digits.
     """
     from .. import guidance
-    from ..samplers.registry import get_sampler
     from ..score import CountEvals
+    from .samples import sample_model
     from toy_data.images import get_images
 
     if tuple(model.event_shape) != (1, 8, 8):
@@ -200,30 +200,19 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
     if model.num_classes == 0 and w != 1:
         raise ValueError(f"w = {w} is classifier-free guidance; it needs a class-conditional model")
     classifier = load_digits_classifier() if classifier is None else classifier
-    spec = get_sampler(sampler)
-    process = model.process
-    ts = spec.grid_for(process, nfe)
-    g = torch.Generator().manual_seed(seed)
     conditional = model.num_classes > 0
+    nets: list = []
+
+    def score_for(labels: Tensor | None):
+        nets[:] = [CountEvals(model.score_fn(labels))] + ([CountEvals(model.score_fn(None))] if w != 1 else [])
+        return nets[0] if w == 1 else guidance.classifier_free(nets[0], nets[1], w)
+
     t0 = time.perf_counter()
-    xs, ys = [], []
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        x = process.prior((b,) + tuple(model.event_shape), generator=g).to(model.device)
-        labels = None
-        if conditional:
-            labels = torch.arange(start, start + b, device=model.device) % model.num_classes
-            nets = [CountEvals(model.score_fn(labels))] + ([CountEvals(model.score_fn(None))] if w != 1 else [])
-            score = nets[0] if w == 1 else guidance.classifier_free(nets[0], nets[1], w)
-        else:
-            nets = [CountEvals(model.score_fn())]
-            score = nets[0]
-        xs.append(spec(score, process, x, ts, generator=g if model.device.type == "cpu" else None,
-                       progress=False).cpu())
-        ys.append(None if labels is None else labels.cpu())
-        nfe = sum(c.nfe for c in nets)  # network evaluations per sampler call, measured
+    labels = torch.arange(n) % model.num_classes if conditional else None
+    x = sample_model(model, n, sampler=sampler, nfe=nfe, score_for=score_for, labels=labels, batch=batch, seed=seed,
+                     progress=False)
+    nfe = sum(c.nfe for c in nets)  # network evaluations of the last sampler call, measured
     seconds = time.perf_counter() - t0
-    x = torch.cat(xs)
     train_set, test_set = get_images("digits", split="train"), get_images("digits", split="test")
     ref = _features(classifier, test_set.images)
     gr = torch.Generator().manual_seed(seed + 1)
@@ -235,7 +224,7 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
            "w": w if conditional else None, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor,
            "classifier_test_accuracy": classifier.test_accuracy, "seconds": seconds}
     if conditional:
-        out["accuracy"] = class_accuracy(classifier, x, torch.cat(ys))
+        out["accuracy"] = class_accuracy(classifier, x, labels)
     if return_samples:
         out["samples"] = x
     return out

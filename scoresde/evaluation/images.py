@@ -74,7 +74,7 @@ def _run(model, name: str, budget: int, n: int, seed: int, batch: int, classifie
     labels = torch.arange(n) % k if k else None
     t0 = time.perf_counter()
     x = sample_model(model, n, sampler=name, nfe=budget, labels=labels, score_for=score_for, batch=batch,
-                     generator=torch.Generator().manual_seed(seed), progress=False)
+                     seed=seed, progress=False)
     return {"nfe": counted[0].nfe, "seconds": time.perf_counter() - t0}, x
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..likelihood import bits_per_dim, dequantize, log_likelihood
+from .bounds import check_likelihood
 
 
 def _mean_se(v: Tensor) -> tuple[float, float]:
@@ -25,8 +26,7 @@ def evaluate_nll(model, data, n: int = 1000, *, batch: int = 1000, seed: int = 0
     """
     if tuple(data.event_shape) != tuple(model.event_shape):
         raise ValueError(f"the data have event shape {tuple(data.event_shape)}, the model {model.event_shape}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    check_likelihood(model, n, batch, options.get("divergence", "exact") == "exact")
     g = torch.Generator().manual_seed(seed)
     x = data.sample(n, generator=g)
     n_levels = getattr(data, "n_levels", None) if x.ndim > 2 else None

@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .._utils import progress_range  # noqa: F401  (re-exported for the samplers)
+from .._utils import check_batch, progress_range  # noqa: F401  (progress_range: re-exported for the samplers)
 from ..processes import Process
 from ..schedules import check_grid
 from ..score import tweedie
@@ -35,10 +35,7 @@ class Grid(NamedTuple):
 
 def prepare(process: Process, x: Tensor, ts: Tensor) -> Grid:
     """Validate x and the grid; precompute per-time batches and coefficients."""
-    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"x must be a tensor of shape (B, ...), got {getattr(x, 'shape', type(x))}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    check_batch(x)
     ts = check_grid(process, ts)
     t_dev = ts.to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
     return Grid(
@@ -115,7 +112,11 @@ def odeint(fn: Callable, y0, ts: Tensor, *, method: str, rtol: float = 1e-5, ato
     if method not in FIXED_METHODS:  # an explicit first step: torchdiffeq's own guess can probe far outside [lo, hi]
         opts.update(rtol=rtol, atol=atol, options=dict(first_step=(hi - lo) * 1e-3))
     tt = ts.to(device=first.device, dtype=first.dtype)
-    return torchdiffeq.odeint(lambda t, y: fn(t.clamp(lo, hi), y), y0, tt, **opts)
+    try:
+        return torchdiffeq.odeint(lambda t, y: fn(t.clamp(lo, hi), y), y0, tt, **opts)
+    except AssertionError as e:  # torchdiffeq asserts "underflow in dt" when an adaptive step collapses
+        raise ValueError(f"the ODE solver {method} stopped ({e}): the score returned NaN or inf, or the ODE "
+                         "diverged") from None
 
 
 def report(callback: Callback | None, i: int, t: float, x: Tensor, score: Tensor, alpha: float, sigma: float) -> None:

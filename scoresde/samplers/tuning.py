@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .._utils import check_batch
 from ..processes import Process
 from ..schedules import check_grid, jump_log_snr, karras, uniform_log_snr, uniform_t
 from ..score import ScoreFn
@@ -222,5 +223,6 @@ def ancestral_analytic(
     CountEvals wrapper counts them; to pay them once for many calls, call `analytic_x0_var` yourself and pass
     `ancestral(..., x0_var=v)`. NFE = pilot evaluations + len(ts) - 1 + denoise.
     """
+    check_batch(x)  # before the pilot batch takes x's event shape
     v = analytic_x0_var(score, process, ts, pilot_batch(process, pilot, x))
     return ancestral(score, process, x, ts, x0_var=v, **options)

@@ -7,9 +7,10 @@
 Losses are objects (scoresde.losses): train() takes one, or builds DSM / cross-entropy from the config.
 """
 
-from .checkpoint import Model, latest_checkpoint, load_checkpoint, load_model, save_checkpoint
+from .checkpoint import (Model, RunLock, RunLockedError, latest_checkpoint, load_checkpoint, load_model, resume_config,
+                         save_checkpoint)
 from .config import IMAGE_DEFAULTS, TrainConfig, config_from_options
-from .loop import NonFiniteLossError, TrainResult, train
+from .loop import NonFiniteLossError, TrainingInterrupted, TrainResult, train
 
 __all__ = [
     "TrainConfig",
@@ -23,4 +24,8 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "NonFiniteLossError",
+    "TrainingInterrupted",
+    "RunLock",
+    "RunLockedError",
+    "resume_config",
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._utils import check_device
 from ..losses import DSMLoss
 from ..nets import net_config
 from ..processes import from_config
@@ -56,7 +57,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        for check in (_check_sizes, _check_optimiser, _check_loss, _check_schedule, _check_parallel, _check_model):
+        for check in (_check_types, _check_sizes, _check_optimiser, _check_loss, _check_schedule, _check_parallel, _check_model):
             check(self)
 
     @classmethod
@@ -68,11 +69,28 @@ class TrainConfig:
         return cls(**d)
 
 
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Every field has its annotated type (a config read from JSON may hold anything)."""
+    for f in dataclasses.fields(cfg):
+        value, kinds = getattr(cfg, f.name), str(f.type).replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        ok = any(isinstance(value, _KINDS[k]) and (k == "bool" or not isinstance(value, bool)) for k in kinds
+                 if k in _KINDS)
+        if not ok:
+            raise ValueError(f"{f.name} must be {' or '.join(kinds)}, got {value!r}")
+
+
 def _check_sizes(cfg: TrainConfig) -> None:
     if cfg.steps < 0:
         raise ValueError(f"steps must be >= 0, got {cfg.steps!r}")
     if cfg.batch < 1:
         raise ValueError(f"batch must be >= 1, got {cfg.batch!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"seed must lie in [0, 2^63), got {cfg.seed!r}")
 
 
 def _check_optimiser(cfg: TrainConfig) -> None:
@@ -107,6 +125,7 @@ def _check_parallel(cfg: TrainConfig) -> None:
     if cfg.amp and str(cfg.device).split(":")[0] not in ("cuda", "cpu"):
         raise ValueError(f"amp (bf16 autocast) is for CUDA and CPU devices; device is {cfg.device!r} (train "
                          "without --amp)")
+    check_device(cfg.device)
 
 
 def _check_model(cfg: TrainConfig) -> None:

@@ -25,7 +25,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -38,14 +40,64 @@ from torch import Tensor, nn
 from ..losses import ClassifierLoss, DSMLoss, Loss
 from ..nets import build_net, is_classifier
 from ..processes import Process, from_config
-from .checkpoint import latest_checkpoint, load_checkpoint, load_training_state, save_checkpoint
+from .._utils import check_memory
+from ..nets import activation_count, param_count
+from .checkpoint import (RunLock, clear_run, latest_checkpoint, load_checkpoint, load_training_state, previous_run,
+                         save_checkpoint, truncate_log)
 from .config import TrainConfig
 
-__all__ = ["train", "TrainResult", "NonFiniteLossError"]
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "TrainingInterrupted"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training: after the current step with a checkpoint written, or at once (a second
+    signal) with the last complete checkpoint kept. exit_code is 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: Path | None = None):
+        super().__init__(signum, step, checkpoint)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.step is None:
+            return f"interrupted again by {name}: stopped at once; the last complete checkpoint is {self.checkpoint}"
+        return f"interrupted by {name} after step {self.step}; checkpoint {self.checkpoint} (continue with resume)"
+
+
+class _Signals:
+    """While training: the first SIGINT or SIGTERM asks the loop to stop after the current step (it writes a
+    checkpoint and raises TrainingInterrupted), a second raises TrainingInterrupted at once (writes are atomic, so
+    nothing is torn). Installed only in the main thread; the previous handlers come back afterwards."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received = 0
+        self.previous: dict = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received:
+            raise TrainingInterrupted(signum)
+        self.received = signum
+
+    def __enter__(self) -> "_Signals":
+        if self.enabled:
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 @dataclass
@@ -66,17 +118,24 @@ def train(
     data: Any = None,
     loss: Loss | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     eval_fn: Callable[[int, nn.Module], dict] | None = None,
     eval_every: int = 0,
     progress: bool | None = None,
     stop_at: int | None = None,
     max_seconds: float | None = None,
+    handle_signals: bool = True,
 ) -> TrainResult:
     """Train config.net on `data` by `loss`; checkpoints go to `out` (None: no files).
 
     `data` defaults to toy_data.load(config.data) (its "train" split); `loss` to DSMLoss of the config's weighting,
     snr_gamma, importance and label_dropout (ClassifierLoss for a noise-aware classifier). resume=True continues
-    from out's latest checkpoint exactly (same loss sequence as an uninterrupted run, given the same loss).
+    from out's latest checkpoint exactly (same loss sequence and log.jsonl as an uninterrupted run, given the same
+    loss); a fresh run refuses a directory holding an earlier run unless overwrite=True, which removes it. One
+    trainer owns `out` while it runs (RunLockedError for a second; a dead owner's lock is taken over). With
+    handle_signals, SIGINT and SIGTERM stop training after the current step with a checkpoint written, raising
+    TrainingInterrupted (a second signal: at once). The network's memory (parameters, optimiser state and one
+    batch's activations) is checked against what the device has before training starts.
     `eval_fn(step, ema_net) -> dict` runs every `eval_every` steps (on process 0) and is logged. `stop_at` ends the
     call early at that step (as an interruption would); `max_seconds` ends it after that much training time
     (checked every step, or at log steps across processes) and writes a checkpoint there. A NaN or infinite loss
@@ -85,11 +144,32 @@ def train(
     are the means over all processes.
     """
     config.validate()
+    if resume and overwrite:
+        raise ValueError("resume continues the run in out and overwrite starts it afresh: ask for one of them")
     ctx, device = _init_distributed(config.device)
+    out = None if out is None else Path(out)
+    lock = RunLock(out) if out is not None and ctx.main else None
+
+    def claim() -> None:  # after the checks, before anything is read from or written to out
+        if lock is not None:
+            lock.acquire()
+            _claim(out, resume, overwrite)
+
     try:
-        run = _setup(config, ctx, device, None if out is None else Path(out), resume, data, loss)
-        return _Loop(run, eval_fn, eval_every, progress, stop_at, max_seconds).train()
+        params = param_count(config.net)
+        check_memory(4 * 5 * params, f"training this network ({params:,} parameters; weights, gradients, EMA and "
+                     "Adam's two moments in float32)", device)
+        run = _setup(config, ctx, device, out, resume, data, loss, claim)
+        with _Signals(handle_signals) as signals:
+            try:
+                return _Loop(run, eval_fn, eval_every, progress, stop_at, max_seconds, signals).train()
+            except TrainingInterrupted as e:
+                if e.checkpoint is None and out is not None:
+                    e.checkpoint = latest_checkpoint(out)
+                raise
     finally:
+        if lock is not None:
+            lock.release()
         if ctx.created:
             import torch.distributed as dist
 
@@ -97,6 +177,16 @@ def train(
 
 
 # -- set-up ---------------------------------------------------------------------------------------------------------
+def _claim(out: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run starts in a directory without an earlier run (or removes it, told to overwrite)."""
+    found = [] if resume else previous_run(out)
+    if found and not overwrite:
+        raise ValueError(f"{out} holds an earlier run ({', '.join(found)}); resume it (--resume) or start afresh, "
+                         "removing it (--overwrite)")
+    if found:
+        clear_run(out)
+
+
 @dataclass
 class _Dist:
     """This process's place in a data-parallel run (rank 0 of 1 without torchrun)."""
@@ -148,6 +238,7 @@ class _Run:
     gens: list[torch.Generator]  # this process's data streams
     step: int
     labelled: bool  # the net takes labels: batches are drawn with them
+    log_window: list[float]  # losses since the last log line (from the checkpoint when resuming)
 
     @property
     def per_stream(self) -> int:
@@ -155,29 +246,34 @@ class _Run:
 
 
 def _setup(config: TrainConfig, ctx: _Dist, device: torch.device, out: Path | None, resume: bool, data: Any,
-           loss: Loss | None) -> _Run:
-    """Process, data, network, EMA, optimiser (from init or a checkpoint), data streams and loss, checked."""
+           loss: Loss | None, claim: Callable[[], None]) -> _Run:
+    """Process, data, network, loss and memory checked; then `claim` takes the run directory; then EMA and optimiser
+    (from init or a checkpoint) and the data streams."""
     import toy_data
 
     process = from_config(config.process)
     data = toy_data.load(config.data, root=config.data_root, split="train") if data is None else data
     torch.manual_seed(config.seed)
     net = build_net(config.net).to(device)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = (torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam)(
-        net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step, states = 0, None
-    if config.init is not None and not resume:  # a resumed run's weights come from its own checkpoint
-        _init_weights(config, net, ema)
-    if resume:
-        step, states = _resume(config, out, net, ema, opt, ctx.rank)
-    config, gens = _streams(config, ctx, device, states)
     labelled = getattr(net, "num_classes", 0) > 0
     if labelled and not getattr(data, "num_classes", 0):
         what = "a classifier" if is_classifier(net) else "a class-conditional network"
         raise ValueError(f"{what} needs labelled data; {config.data!r} has no labels")
     loss = _default_loss(config, net) if loss is None else loss
     loss.check(net, process)
+    batch, params = config.batch // (config.data_streams or ctx.world), sum(p.numel() for p in net.parameters())
+    check_memory(4 * (5 * params + 2 * activation_count(net) * batch), f"training this network ({params:,} "
+                 f"parameters) on batches of {batch} (activations and their gradients)", device)
+    claim()
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = (torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam)(
+        net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step, states, window = 0, None, []
+    if config.init is not None and not resume:  # a resumed run's weights come from its own checkpoint
+        _init_weights(config, net, ema)
+    if resume:
+        step, states, window = _resume(config, out, net, ema, opt, ctx.rank)
+    config, gens = _streams(config, ctx, device, states)
     if out is not None and ctx.main:  # only process 0 writes
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -186,7 +282,7 @@ def _setup(config: TrainConfig, ctx: _Dist, device: torch.device, out: Path | No
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    return _Run(config, ctx, device, out, process, data, loss, net, ema, model, opt, gens, step, labelled)
+    return _Run(config, ctx, device, out, process, data, loss, net, ema, model, opt, gens, step, labelled, window)
 
 
 def _default_loss(config: TrainConfig, net: nn.Module) -> Loss:
@@ -210,19 +306,23 @@ def _init_weights(config: TrainConfig, net: nn.Module, ema: nn.Module) -> None:
 
 
 def _resume(config: TrainConfig, out: Path | None, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-            rank: int) -> tuple[int, list[Tensor]]:
-    """Restore out's latest checkpoint into net, ema and opt; -> (step, every data stream's generator state)."""
+            rank: int) -> tuple[int, list[Tensor], list[float]]:
+    """Restore out's latest checkpoint into net, ema and opt; -> (step, every data stream's generator state, the
+    losses since its last log line)."""
     if out is None:
         raise ValueError("resume needs the run directory (out)")
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         raise FileNotFoundError(f"nothing to resume: no checkpoint under {out}")
-    saved, step, states = load_training_state(ckpt, net, ema, opt, rank)
+    saved, step, states, window = load_training_state(ckpt, net, ema, opt, rank)
     if saved.net != config.net or saved.process != config.process or saved.data != config.data:
         raise ValueError(f"resume: {ckpt} was trained with a different data, process or network config")
+    if config.steps < step:
+        raise ValueError(f"resume: the run is at step {step} already; steps = {config.steps} is below it (ask for "
+                         f"more than {step} steps to train further)")
     if config.data_streams and config.data_streams != len(states):
         raise ValueError(f"resume: {ckpt} has {len(states)} data streams, the config asks for {config.data_streams}")
-    return step, states
+    return step, states, window
 
 
 def _stream_seed(seed: int, k: int) -> int:
@@ -272,8 +372,9 @@ class _Loop:
     """The steps of one train() call, with their logging, evaluation, NaN checks and checkpoints."""
 
     def __init__(self, run: _Run, eval_fn, eval_every: int, progress: bool | None, stop_at: int | None,
-                 max_seconds: float | None):
+                 max_seconds: float | None, signals: _Signals):
         self.run, self.eval_fn, self.eval_every, self.max_seconds = run, eval_fn, eval_every, max_seconds
+        self.signals = signals
         cfg = run.config
         self.step = run.step
         self.params, self.ema_params = list(run.net.parameters()), list(run.ema.parameters())
@@ -281,10 +382,14 @@ class _Loop:
         self.end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         self.pending: list[Tensor] = []  # losses not yet checked for finiteness (no per-step host sync)
         self.losses: list[float] = []
+        self.window = list(run.log_window)  # checked losses since the last log line
         self.first_pending = self.step
         self.last_log_t, self.last_log_step = time.perf_counter(), self.step
         self.t_start = time.perf_counter()
-        self.log_f = open(run.out / "log.jsonl", "a") if run.out is not None and run.ctx.main else None
+        self.log_f = None
+        if run.out is not None and run.ctx.main:
+            truncate_log(run.out / "log.jsonl", self.step)  # a resumed run's log: as far as its checkpoint
+            self.log_f = open(run.out / "log.jsonl", "a")
         self.saved_at = -1
 
     def train(self) -> TrainResult:
@@ -295,16 +400,19 @@ class _Loop:
                 self.step += 1
                 if self.bar is not None:
                     self.bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.end:
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:  # never at an interruption
                     self._log()
                 if self.eval_fn is not None and self.eval_every and self.step % self.eval_every == 0:
                     self._evaluate()
                 if r.out is not None and (self.step == self.end or (cfg.checkpoint_every
                                                                     and self.step % cfg.checkpoint_every == 0)):
                     self._checkpoint()
-                if self._out_of_time():
+                late, signum = self._should_stop()
+                if late or signum:
                     if r.out is not None and self.saved_at != self.step:
                         self._checkpoint()
+                    if signum:
+                        raise TrainingInterrupted(signum, self.step, latest_checkpoint(r.out) if r.out else None)
                     break
             self._flush()
         finally:
@@ -373,6 +481,7 @@ class _Loop:
                     + (f", the last good checkpoint is {latest_checkpoint(r.out)}" if r.out is not None else "")
                 )
         self.losses.extend(vals)
+        self.window.extend(vals)
         self.pending, self.first_pending = [], self.first_pending + len(vals)
 
     def _write_log(self, record: dict) -> None:
@@ -386,8 +495,8 @@ class _Loop:
         now = time.perf_counter()
         rate = (self.step - self.last_log_step) / max(now - self.last_log_t, 1e-9)
         self.last_log_t, self.last_log_step = now, self.step
-        recent = self.losses[-cfg.log_every:]
-        mean_loss = sum(recent) / max(1, len(recent))
+        mean_loss = sum(self.window) / max(1, len(self.window))  # the same steps as in an uninterrupted run
+        self.window = []
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{mean_loss:.4f}", steps_s=f"{rate:.0f}")
         self._write_log({"step": self.step, "loss": mean_loss, "lr": _lr_at(cfg, self.step - 1), "steps_per_s": rate})
@@ -410,22 +519,26 @@ class _Loop:
             states = [s for part, _ in gathered for s in part]
             rngs = [rng for _, rng in gathered]
         if r.out is not None and r.ctx.main:
-            save_checkpoint(r.out, r.config, r.net, r.ema, r.opt, states, self.step, torch_rng=rngs)
+            if self.log_f is not None:  # the log reaches the checkpoint's step before the checkpoint exists
+                self.log_f.flush()
+                os.fsync(self.log_f.fileno())
+            save_checkpoint(r.out, r.config, r.net, r.ema, r.opt, states, self.step, torch_rng=rngs,
+                            log_window=self.window)
         if r.ctx.world > 1:
             dist.barrier()  # the checkpoint exists when any process returns
         self.saved_at = self.step
 
-    def _out_of_time(self) -> bool:
-        if self.max_seconds is None:
-            return False
+    def _should_stop(self) -> tuple[bool, int]:
+        """(out of time, the signal received or 0); across processes decided together at log steps."""
         r = self.run
-        late = time.perf_counter() - self.t_start > self.max_seconds
+        late = self.max_seconds is not None and time.perf_counter() - self.t_start > self.max_seconds
         if r.ctx.world == 1:
-            return late
+            return late, self.signals.received
         if self.step % r.config.log_every and self.step != self.end:
-            return False  # across processes: decided together at log steps (one small all-reduce)
+            return False, 0
         import torch.distributed as dist
 
-        flag = torch.tensor([float(late)], device=r.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        flag = torch.tensor([float(late), float(self.signals.received)], device=r.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one small all-reduce per log step
+        late_all, signum = flag.tolist()
+        return bool(late_all), int(signum)
