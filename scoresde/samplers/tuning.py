@@ -66,7 +66,7 @@ def optimized(
     *,
     generator: torch.Generator | None = None,
     inits: Sequence[Callable] | None = None,
-    max_evals: int = 2000,
+    max_evals: int = 200,
     step: float = 0.3,
     huber: float = 0.9,
     rtol: float | None = None,
@@ -76,14 +76,16 @@ def optimized(
     """`steps` steps placed to minimise a deterministic sampler's error on a pilot batch (optimised time steps).
 
     The reference is the probability-flow ODE from the pilot prior samples x (or a shape to draw them from
-    `process.prior` with `generator`), solved by dopri5 to rtol/atol (1e-9 in float64, 1e-5 otherwise), then
+    `process.prior` with `generator`), solved by dopri5 to rtol/atol (1e-6 in float64, 1e-5 otherwise), then
     Tweedie's x0 at t_min, as every sampler ends. The interior times, parametrised by log-SNR increments, minimise
     the log of the mean Huber loss of ||sampler(x, ts) - reference||² (quadratic up to the `huber` quantile of the
     first applicable init grid's squared errors, so that pilots that cross between modes do not dominate) by
-    Nelder-Mead (first simplex: each log increment moved by `step`), started from the best of the `inits` grids;
+    Nelder-Mead (first simplex: each log increment moved by `step`), started from the best of the `inits` grids
+    (default: scaled_log_snr at the data scale estimated from x, uniform_log_snr, karras, uniform_t);
     in the spirit of Xue et al. 2024 ("Accelerating diffusion sampling with optimized time steps") and Sabour et
     al. 2024 ("Align Your Steps"). Only `score` is used, so it serves learned models as well as exact ones. Cost:
-    one ODE solve plus about max_evals sampler runs (max_evals * NFE score evaluations) on the pilot batch. Draw
+    one ODE solve (~100-250 evaluations) plus max_evals sampler runs (max_evals * NFE score evaluations) on the
+    pilot batch: 1-5 s for 1000 two- to sixteen-dimensional pilots at NFE 10 on one CPU thread. Draw
     the pilot batch independently of the samples you evaluate. A ValueError from the sampler on the first init
     grid (bad sampler_options, a non-finite score) is raised; later ones mark a grid as infeasible.
     """
@@ -95,7 +97,7 @@ def optimized(
     if steps < 2:  # no interior time to place
         return uniform_log_snr(process, steps)
     lam_ends = tuple(process.log_snr(torch.tensor([process.t_max, process.t_min], dtype=torch.float64)).tolist())
-    tol = 1e-9 if x.dtype == torch.float64 else 1e-5
+    tol = 1e-6 if x.dtype == torch.float64 else 1e-5
     ref = probability_flow(score, process, x, uniform_log_snr(process, 1), method="dopri5",
                            rtol=tol if rtol is None else rtol, atol=tol if atol is None else atol)
     dims = tuple(range(1, x.ndim))
