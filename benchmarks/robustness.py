@@ -74,7 +74,7 @@ def run(spec, target, process, budget: int, n: int, grid: str | None = None):
     counted = CountEvals(score)
     g = torch.Generator().manual_seed(0)
     x = process.prior((n, *target.event_shape), generator=g, dtype=torch.float64)
-    out = spec(counted, process, x, ts, nfe=budget if grid is None else None, generator=g)
+    out = spec(counted, process, x, ts, nfe=budget, generator=g)
     return out, counted.nfe
 
 
