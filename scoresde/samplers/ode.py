@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..processes import Process
-from ..score import ScoreFn, tweedie
+from ..score import ScoreFn
 from ._common import (FIXED_METHODS, Callback, FiniteCheck, NoiseFn, check_ode_method, final_denoise, finish,
                       first_order_loop, multistep_loop, noise_source, odeint, pf_drift, prepare, progress_range,
                       report)

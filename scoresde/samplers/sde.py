@@ -152,12 +152,12 @@ def dpm_solver_pp_sde(
     generator: torch.Generator | None = None, noise: NoiseFn | None = None,
     callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's sample_dpmpp_2m_sde, its 'heun' form), in lambda = log(alpha/sigma).
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022; k-diffusion's sample_dpmpp_2m_sde, 'heun' form), lambda = log(alpha/sigma).
 
-    x_{i+1} = (sigma_{i+1} / sigma_i) e^{-eta h} x_i + alpha_{i+1} ∫ (1 + eta) e^{-(1 + eta)(lambda_{i+1} - l)} D(l) dl
-    + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z, with D linear through the last two data predictions (order 2; order 1
-    is SDE-DPM-Solver++1, which is DDPM's ancestral step at eta = 1). eta = 1 is the reverse SDE, eta = 0 the
-    probability-flow ODE. NFE = len(ts) - 1 + denoise.
+    x_{i+1} = (sigma_{i+1} / sigma_i) e^{-eta h} x_i + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z
+      + alpha_{i+1} ∫ (1 + eta) e^{-(1 + eta)(lambda_{i+1} - l)} D(l) dl, with D linear through the last two data
+    predictions (order 2; order 1 is SDE-DPM-Solver++1, which is DDPM's ancestral step at eta = 1). eta = 1 is
+    the reverse SDE, eta = 0 the probability-flow ODE. NFE = len(ts) - 1 + denoise.
     """
     if order not in (1, 2) or isinstance(order, bool):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
