@@ -28,13 +28,14 @@ GRIDS: dict[str, Callable] = {g.__name__: g for g in (uniform_t, uniform_log_snr
                                                        optimized)}
 
 
-Plan = Callable[[int], tuple[int, dict, int]]  # NFE budget -> (steps, sampler options, NFE spent)
+Plan = Callable[..., tuple[int, dict, int]]  # (NFE budget, **fixed options) -> (steps, options, NFE spent)
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     """A sampler with its default grid and its cost per step: NFE = evals_per_step * steps + extra + 1, or, for a
-    sampler whose options depend on the budget, `plan(budget) -> (steps, options, NFE spent)`."""
+    sampler whose options depend on the budget, `plan(budget, **options) -> (steps, options, NFE spent)` (an option
+    fixed in `options` is kept, and the plan spends the budget around it)."""
 
     fn: Callable
     grid: str
@@ -54,7 +55,7 @@ class SamplerSpec:
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
             raise ValueError(f"NFE must be a positive integer, got {nfe!r}")
         if self.plan is not None:
-            steps, options, spent = self.plan(nfe)
+            steps, options, spent = self.plan(nfe, **self.options)
         else:
             steps, options = (nfe - 1 - self.extra) // self.evals_per_step, {}
             spent = self.evals_per_step * steps + self.extra + 1
@@ -121,17 +122,18 @@ class SamplerSpec:
         return self.fn(score, process, x, ts, **{**options, **kw})
 
 
-def _heun_plan(nfe: int) -> tuple[int, dict, int]:
+def _heun_plan(nfe: int, euler_first: bool | None = None, **_) -> tuple[int, dict, int]:
     """Heun steps and the final evaluation; an even budget's spare evaluation makes the first step Euler's."""
-    steps = nfe // 2
-    euler_first = nfe % 2 == 0
-    return steps, {"euler_first": euler_first}, 2 * steps + 1 - euler_first
+    if euler_first is None:
+        euler_first = nfe % 2 == 0
+    steps = (nfe - 1 + euler_first) // 2
+    return steps, {"euler_first": euler_first}, 2 * steps + 1 - (euler_first and steps > 0)
 
 
-def _annealed_langevin_plan(nfe: int) -> tuple[int, dict, int]:
+def _annealed_langevin_plan(nfe: int, langevin_steps: int | None = None, **_) -> tuple[int, dict, int]:
     """About 4 sqrt(NFE) noise levels with round(sqrt(NFE - 1) / 4) >= 1 Langevin steps each: both grow with the
     budget (a fixed number of steps per level leaves one level at NFE 10, and too few levels at large NFE)."""
-    m = max(1, round(math.sqrt(nfe - 1) / 4))
+    m = max(1, round(math.sqrt(nfe - 1) / 4)) if langevin_steps is None else langevin_steps
     levels = (nfe - 1) // m
     return levels - 1, {"langevin_steps": m}, levels * m + 1
 
