@@ -157,7 +157,7 @@ def test_dpm_solver_pp_sde_first_order_is_the_ancestral_sampler_and_eta_zero_the
 
 def test_dpm_solver_pp_sde_is_within_the_floors_of_an_exact_mixture_at_nfe_30():
     """aniso under VP, n = 10000, on its default grid: -1.0 / -0.5 / -1.9 se and 1.19 / 1.24 / 1.26 floors (seeds
-    0 / 1 / 2); ancestral at the same NFE (its uniform_t grid) is +25 se / 4.2 floors."""
+    0 / 1 / 2); ancestral at the same NFE and grid is +10 se / 4.1 floors (+25 se / 4.2 on uniform_t)."""
     target, process, n = toy_data.load("aniso"), VP(), 10000
     spec = SAMPLERS["dpm_solver_pp_sde"]
     ref = target.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)

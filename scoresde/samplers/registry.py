@@ -139,9 +139,9 @@ def _annealed_langevin_plan(nfe: int, langevin_steps: int | None = None, **_) ->
 
 
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
-    SamplerSpec(ancestral, "uniform_t"),
+    SamplerSpec(ancestral, "scaled_log_snr"),
     SamplerSpec(ancestral_analytic, "scaled_log_snr"),  # its pilot's evaluations count in the measured NFE
-    SamplerSpec(euler_maruyama, "uniform_t"),
+    SamplerSpec(euler_maruyama, "scaled_log_snr"),
     SamplerSpec(predictor_corrector, "scaled_log_snr", evals_per_step=2),
     SamplerSpec(annealed_langevin, "scaled_log_snr", plan=_annealed_langevin_plan),
     SamplerSpec(dpm_solver_pp_sde, "scaled_log_snr"),
