@@ -87,7 +87,7 @@ class SamplerSpec:
     ) -> torch.Tensor:
         """The grid `grid` (default: this sampler's) for an NFE budget. "scaled_log_snr" takes `data_scale=` or
         estimates it from the score (tuning.data_scale: one evaluation on `pilot` prior samples of event shape
-        `shape`, tuning.pilot_batch); "optimized" needs the score and fits the grid on that pilot batch, options
+        `shape`, tuning.pilot_batch; without either it is uniform_log_snr); "optimized" needs the score and fits the grid on that pilot batch, options
         going to tuning.optimized. Options for any other grid are an error."""
         name = grid or self.grid
         if name not in GRIDS:
@@ -100,9 +100,10 @@ class SamplerSpec:
             return GRIDS[name](process, steps)
         if name == "scaled_log_snr" and options.get("data_scale") is not None:
             return scaled_log_snr(process, steps, options["data_scale"])
+        if score is None and name == "scaled_log_snr":  # no score to read the data's scale from: the scale-free
+            return uniform_log_snr(process, steps)       # uniform log-SNR grid, which converges for any data too
         if score is None:
-            raise ValueError(f"the {name!r} grid needs the score function (grid_for(..., score=score))"
-                             + (" or data_scale=" if name == "scaled_log_snr" else ""))
+            raise ValueError("the 'optimized' grid needs the score function (grid_for(..., score=score))")
         like = torch.empty((1, *shape), dtype=dtype, device=device or "cpu")
         x = pilot_batch(process, pilot, like)
         if name == "scaled_log_snr":
