@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 DIFFUSERS: list[str] = ["ddpm", "ddim", "dpmpp_2m", "euler", "euler_ancestral", "heun", "unipc", "lms"]
-KDIFFUSION: list[str] = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "lms"]
+KDIFFUSION: list[str] = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "lms"]
 
 # diffusers schedulers whose state lives in the VE scale and whose timesteps may be fractional
 EULER_TYPE = frozenset({"euler", "euler_ancestral", "heun", "lms"})
@@ -82,6 +82,7 @@ _K_FUNCS = {
     "heun": "sample_heun",
     "dpm_2": "sample_dpm_2",
     "dpmpp_2m": "sample_dpmpp_2m",
+    "dpmpp_2m_sde": "sample_dpmpp_2m_sde",
     "lms": "sample_lms",
 }
 
@@ -354,7 +355,9 @@ def run_kdiffusion(
             return torch.add(x, score(x * levels.alpha[j], levels.t[j]), alpha=levels.x0_coef[j])
 
     kw = {"disable": True}
-    if name == "euler_ancestral" and generator is not None:
+    if name == "dpmpp_2m_sde":  # the exact-integral ('heun') form, as scoresde's dpm_solver_pp_sde
+        kw["solver_type"] = "heun"
+    if name in ("euler_ancestral", "dpmpp_2m_sde") and generator is not None:
         kw["noise_sampler"] = lambda s, s_next: torch.randn(
             x_T.shape, generator=generator, dtype=dtype, device=device
         )

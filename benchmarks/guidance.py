@@ -73,7 +73,7 @@ def sample(score: ScoreFn, process, n: int, seed: int, sampler: str = SAMPLER, n
     spec = get_sampler(sampler)
     g = torch.Generator().manual_seed(seed)
     x = process.prior((n, 2), generator=g)
-    return spec(score, process, x, spec.grid_for(process, nfe), generator=g)
+    return spec(score, process, x, spec.grid_for(process, nfe, score=score), nfe=nfe, generator=g)
 
 
 def reference(label: int, n: int = N_SW, seed: int = 1) -> tuple[torch.Tensor, float]:

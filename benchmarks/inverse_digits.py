@@ -61,7 +61,7 @@ def fit(run: Path, steps: int, max_seconds: float, seed: int = 0) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup) * (
         lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, k / steps)))))
     loss_fn, g = DSMLoss("sigma2"), torch.Generator().manual_seed(seed)
-    t0, losses, step = time.perf_counter(), [], 0
+    t0, cpu0, losses, step = time.perf_counter(), time.process_time(), [], 0
     while step < steps and time.perf_counter() - t0 < max_seconds:
         x0 = train[torch.randint(len(train), (128,), generator=g)]
         loss = loss_fn(net, process, x0, None, generator=g).mean()
@@ -76,7 +76,8 @@ def fit(run: Path, steps: int, max_seconds: float, seed: int = 0) -> dict:
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
         losses.append(float(loss.detach()))
-    summary = {"steps": step, "seconds": time.perf_counter() - t0, "loss": sum(losses[-100:]) / len(losses[-100:]),
+    summary = {"steps": step, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
+               "loss": sum(losses[-100:]) / len(losses[-100:]),
                "net": NET, "process": process.config(), "seed": seed}
     run.mkdir(parents=True, exist_ok=True)
     save_file(ema.state_dict(), str(run / "ema.safetensors"))

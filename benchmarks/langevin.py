@@ -1,20 +1,24 @@
 """Langevin sampling and annealing on energies with exact answers, beside TorchEBM and scipy.
 
-    python -m benchmarks.langevin                 # both parts (about 10 minutes on 2 busy cores)
+    python -m benchmarks.langevin                 # both parts (about 30 minutes on 2 busy cores)
     python -m benchmarks.langevin --part sample   # ESS/s and bias vs TorchEBM on the 2-D double well, Müller-Brown
     python -m benchmarks.langevin --part anneal   # success rate vs scipy.optimize.dual_annealing
+    python -m benchmarks.langevin --part anneal --only muller_brown   # one case (the JSON keeps the others)
 
 Part "sample": the same chains (the same exact Boltzmann draws as starting points, the same number of chains and
-steps, float32; wall time the fastest of 3 identical runs) on the same energy at kT: TorchEBM's LangevinDynamics (energy U / kT, step eta, noise_scale 1:
-x - eta ∇U / kT + sqrt(2 eta) z, the ULA chain) and HamiltonianMonteCarlo (5 leapfrog steps of eps = sqrt(2 eta_MALA),
-where eta_MALA is our MALA's adapted step: one leapfrog step of that size is MALA's proposal), beside our ULA at
-the same eta, MALA (adapted from eta during the first fifth) and BAOAB. Every row reports the bias of the mean
-energy and of every exact statistic against quadrature (max |z| over them), bulk ESS (the smallest over the
-energy and the coordinates, rank-normalised split chains, after the first fifth), ESS per second of sampling, and
-ESS/s as a ratio to TorchEBM's Langevin at the smallest step; ESS_U/s is the energy's alone. The claim checked: our best ESS/s >= 2x TorchEBM's best at equal or
-lower bias.
+steps, float32, one thread) on the same energy at kT: TorchEBM's LangevinDynamics (energy U / kT, step eta,
+noise_scale 1: x - eta ∇U / kT + sqrt(2 eta) z, the ULA chain; at 1, 4 and 16 times our ULA's step) and
+HamiltonianMonteCarlo (5 leapfrog steps of eps = sqrt(2 eta_MALA), eta_MALA our MALA's adapted step: one leapfrog
+step of that size is MALA's proposal), beside our ULA at the same eta, MALA (adapted from eta during the first
+fifth) and BAOAB at tau omega = 0.5 and 1. Time is CPU seconds of this process, the least of 3 identical runs
+taken round robin: the machine is shared, and with one thread CPU time is the wall time of an idle machine.
+Every row reports the bias of the mean energy and the largest |z| over every exact statistic (quadrature), bulk
+ESS (the smallest over the energy and the coordinates; rank-normalised split chains after the first fifth), ESS
+per CPU second and its ratio to TorchEBM's Langevin at our ULA's step; ESS_U/s is the energy's alone. The claim
+checked: our best ESS/s >= 2x TorchEBM's best, both among the rows without a resolved bias (max |z| < 4).
 
-Part "anneal": our annealing (MALA moves, per-chain step adaptation, geometric and linear cooling kT0 -> kT1) against
+Part "anneal": our annealing (MALA moves, per-chain step adaptation, geometric and linear cooling kT0 -> 0.01,
+kT0 per case, uniform starts in the landscape's search domain, 200 chains) against
 scipy.optimize.dual_annealing given the same number of evaluations per run (its maxfun = our steps + 1; its
 evaluations are energy-only in the global phase and energy (+ analytic gradient, uncounted by scipy) in the local
 search, so the budget favours it); success = best energy within 0.1 of the global minimum, over independent runs.
@@ -29,6 +33,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -43,17 +48,18 @@ from scoresde.samplers import mcmc
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE_CASES = [("double_well", 2, 0.5), ("muller_brown", None, 10.0)]
 Z_UNBIASED = 4.0  # a row whose every statistic is within 4 standard errors of exact shows no resolved bias
-ANNEAL_CASES = [("rastrigin", 2), ("rastrigin", 5), ("rastrigin", 10), ("muller_brown", None)]
+ANNEAL_CASES = [("rastrigin", 2, 10.0), ("rastrigin", 5, 10.0), ("rastrigin", 10, 10.0),
+                ("muller_brown", None, 30.0)]  # energy, dim, kT0 (about a third of the barriers: 20 and 106)
 
 
-def _summarise(name: str, landscape, ref, trace: torch.Tensor, wall: float, **extra) -> dict:
+def _summarise(name: str, landscape, ref, trace: torch.Tensor, cpu_s: float, **extra) -> dict:
     """trace (K, B, d) after burn-in: bias rows, bulk ESS (min over energy and coordinates), ESS/s."""
     rows, traces = moment_rows(landscape, ref, trace)
     ess = {k: ess_bulk(t) for k, t in traces.items() if not k.startswith(("well", "x2"))}
     energy = rows[0]
-    return {"sampler": name, "wall_s": wall, "energy_bias": energy["bias"], "energy_se": energy["se"],
+    return {"sampler": name, "cpu_s": cpu_s, "energy_bias": energy["bias"], "energy_se": energy["se"],
             "max_abs_z": max(abs(r["z"]) for r in rows), "ess": min(ess.values()), "ess_energy": ess["mean_energy"],
-            "ess_per_s": min(ess.values()) / wall, "ess_energy_per_s": ess["mean_energy"] / wall, "ess_all": ess,
+            "ess_per_s": min(ess.values()) / cpu_s, "ess_energy_per_s": ess["mean_energy"] / cpu_s, "ess_all": ess,
             "rows": rows, **extra}
 
 
@@ -67,17 +73,19 @@ def _torchebm_model(landscape, kT: float):
     return Scaled()
 
 
-REPEATS = 3  # wall time = the fastest of this many identical runs, taken round robin (the machine is shared)
+REPEATS = 3  # time = the least CPU time of this many identical runs, taken round robin
 
 
 def _timed(fn):
-    t0 = time.perf_counter()
+    """fn() and the CPU time it took (seconds of this process's CPU: on a shared machine wall time measures the
+    neighbours; with one thread, CPU time is what the wall time would be on an idle machine)."""
+    t0 = time.process_time()
     try:
         out = fn()
     except ValueError as e:  # ours refuse to go on from non-finite states
         out = (torch.tensor([float("nan")]), None, None)
         print(f"  failed: {e}")
-    return out, time.perf_counter() - t0
+    return out, time.process_time() - t0
 
 
 def _ours(chains: mcmc.Chains):
@@ -101,7 +109,7 @@ def sample_case(energy: str, dim, kT: float, chains: int, steps: int, seed: int 
     ] + [(f"scoresde baoab x{f}", lambda f=f: _ours(mcmc.baoab(  # tau omega = 0.5, 1 (omega² the top curvature)
         landscape, x0, steps, kT=kT, tau=f * default_tau(landscape, "baoab"), burn_in=burn, generator=g())))
         for f in (1, 2)]
-    first = {name: _timed(fn) for name, fn in runs}  # (result, wall)
+    first = {name: _timed(fn) for name, fn in runs}  # (result, cpu s)
     try:
         from torchebm.samplers import HamiltonianMonteCarlo, LangevinDynamics
     except ImportError:
@@ -120,17 +128,17 @@ def sample_case(energy: str, dim, kT: float, chains: int, steps: int, seed: int 
                 step, None)
             runs.append((name, fn))
             first[name] = _timed(fn)
-    walls = {name: [w] for name, (_, w) in first.items()}
+    cpu = {name: [w] for name, (_, w) in first.items()}
     for _ in range(REPEATS - 1):  # round robin, so that a busy spell of the machine hits every sampler alike
         for name, fn in runs:
-            walls[name].append(_timed(fn)[1])
+            cpu[name].append(_timed(fn)[1])
     out = []
     for name, _ in runs:
-        (trace, step, accept), wall = first[name][0], min(walls[name])
+        (trace, step, accept), cpu_s = first[name][0], min(cpu[name])
         if not bool(torch.isfinite(trace).all()):
             out.append({"sampler": name, "step": step, "failed": "diverged (non-finite states)"})
             continue
-        out.append(_summarise(name, landscape, ref, trace, wall, step=step, accept=accept, walls=walls[name]))
+        out.append(_summarise(name, landscape, ref, trace, cpu_s, step=step, accept=accept, cpu_s_runs=cpu[name]))
     base = next((r["ess_per_s"] for r in out if r["sampler"] == "torchebm langevin x1" and "ess_per_s" in r), None)
     for r in out:
         if "ess_per_s" in r:
@@ -153,14 +161,14 @@ def verdict(rows: list[dict]) -> dict:
 def _print_sample(energy: str, kT: float, rows: list[dict]) -> None:
     print(f"\n{energy} at kT = {kT:g}")
     print(f"{'sampler':>20} {'step':>10} {'accept':>7} {'U bias':>10} {'± se':>9} {'max|z|':>7} {'ESS':>8} "
-          f"{'s':>7} {'ESS/s':>8} {'vs tebm':>8} {'ESS_U/s':>8}")
+          f"{'cpu s':>7} {'ESS/s':>8} {'vs tebm':>8} {'ESS_U/s':>8}")
     for r in rows:
         if "failed" in r:
             print(f"{r['sampler']:>20} {r['step']:10.3g}   failed: {r['failed']}")
             continue
         acc = f"{r['accept']:.3f}" if r.get("accept") is not None else ""
         print(f"{r['sampler']:>20} {r['step']:10.3g} {acc:>7} {r['energy_bias']:10.2e} {r['energy_se']:9.1e} "
-              f"{r['max_abs_z']:7.1f} {r['ess']:8.0f} {r['wall_s']:7.2f} {r['ess_per_s']:8.0f} "
+              f"{r['max_abs_z']:7.1f} {r['ess']:8.0f} {r['cpu_s']:7.2f} {r['ess_per_s']:8.0f} "
               f"{r.get('ess_per_s_vs_torchebm_langevin', float('nan')):8.2f} {r['ess_energy_per_s']:8.0f}")
 
 
@@ -209,10 +217,12 @@ def main(argv=None) -> None:
     p.add_argument("--anneal-chains", type=int, default=200)
     p.add_argument("--anneal-steps", type=int, default=3000)
     p.add_argument("--runs", type=int, default=50, help="dual_annealing runs per case")
+    p.add_argument("--only", default="", help="anneal: comma-separated energies to run (default: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    payload: dict = {"command": "python -m benchmarks.langevin " + " ".join(argv or []), "args": vars(args),
-                     "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
+    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    payload: dict = {"command": "python -m benchmarks.langevin " + " ".join(sys.argv[1:] if argv is None else argv), "args": vars(args),
+                     "machine": machine, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.part in ("all", "sample"):
         payload["sample"] = {}
@@ -228,8 +238,10 @@ def main(argv=None) -> None:
         payload["anneal"] = []
         print(f"\n{'energy':>14} {'d':>3} {'evals':>6} {'ours geometric':>15} {'ours linear':>15} "
               f"{'dual_annealing':>16} {'da s':>7}")
-        for energy, dim in ANNEAL_CASES:
-            r = anneal_case(energy, dim, args.anneal_chains, args.anneal_steps, args.runs)
+        for energy, dim, kT0 in ANNEAL_CASES:
+            if args.only and energy not in args.only.split(","):
+                continue
+            r = anneal_case(energy, dim, args.anneal_chains, args.anneal_steps, args.runs, kT0=kT0)
             payload["anneal"].append(r)
             ours = " ".join(f"{r['ours_success'][k]:9.3f}±{r['ours_se'][k]:.3f}" for k in ("geometric", "linear"))
             print(f"{energy:>14} {r['dim']:3d} {r['evals']:6d} {ours} {r['dual_annealing_success']:10.3f}±"
@@ -237,6 +249,9 @@ def main(argv=None) -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "langevin.json"
     old = json.loads(path.read_text()) if path.exists() else {}
+    if "anneal" in payload and "anneal" in old:  # keep the cases not run now
+        ran = {(r["energy"], r["dim"]) for r in payload["anneal"]}
+        payload["anneal"] = [r for r in old["anneal"] if (r["energy"], r["dim"]) not in ran] + payload["anneal"]
     for part in ("sample", "anneal"):  # a part run alone keeps the other part's last figures
         if part in payload:
             old[part] = payload.pop(part)

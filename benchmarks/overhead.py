@@ -28,6 +28,7 @@ PAIRS = {
     "euler": [("k-diffusion", "euler"), ("diffusers", "euler")],
     "heun": [("k-diffusion", "heun"), ("diffusers", "heun")],
     "dpm_solver_pp": [("k-diffusion", "dpmpp_2m"), ("diffusers", "dpmpp_2m")],
+    "dpm_solver_pp_sde": [("k-diffusion", "dpmpp_2m_sde")],
     "ddim": [("diffusers", "ddim")],
     "ancestral": [("diffusers", "ddpm"), ("k-diffusion", "euler_ancestral")],
 }
@@ -36,7 +37,7 @@ PAIRS = {
 def time_ours(name: str, process, batch: int, nfe: int, dtype=torch.float32) -> float:
     """Seconds per score evaluation of our sampler, timed from its first score evaluation."""
     spec = SAMPLERS[name]
-    ts = spec.grid_for(process, nfe)
+    ts = spec.grid_for(process, nfe, data_scale=1.0) if spec.grid == "scaled_log_snr" else spec.grid_for(process, nfe)
     x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(0), dtype=dtype)
     g = torch.Generator().manual_seed(1)
     state = {"n": 0, "t0": 0.0}
@@ -47,7 +48,7 @@ def time_ours(name: str, process, batch: int, nfe: int, dtype=torch.float32) -> 
         state["n"] += 1
         return torch.zeros_like(x)
 
-    spec(zero, process, x, ts, generator=g)
+    spec(zero, process, x, ts, nfe=nfe, generator=g)
     return (time.perf_counter() - state["t0"]) / state["n"]
 
 

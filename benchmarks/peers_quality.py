@@ -71,7 +71,7 @@ def run(kind, name, target, process, x_T, nfe, grid=None, seed=1):
                                                     shape=target.event_shape)
         ts = _GRIDS[name, nfe, grid]
         score = CountEvals(target.score_fn(process))
-        out = spec(score, process, x_T.clone(), ts, generator=g)
+        out = spec(score, process, x_T.clone(), ts, nfe=nfe, generator=g)
         return out, score.nfe
     if kind == "exact":  # seeds apart from the references' (1, 2 and 100 + 2j, 101 + 2j)
         return target.sample(x_T.shape[0], generator=torch.Generator().manual_seed(10_000 + seed),

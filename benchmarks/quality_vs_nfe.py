@@ -31,14 +31,12 @@ VARIANTS = ["dpm_solver_pp:order=3"]  # measured beside the registry's samplers 
 
 def run(spec, target, process, nfe, n, grid=None, max_evals=2000):
     # the optimised grid's pilot batch is drawn with tuning.PILOT_SEED, independent of the evaluation batch (seed 0)
-    extra = {}
-    if grid == "optimized":
-        extra = dict(score=target.score_fn(process), shape=target.event_shape, max_evals=max_evals)
-    ts = spec.grid_for(process, nfe, grid, **extra)
+    extra = dict(max_evals=max_evals) if grid == "optimized" else {}
+    ts = spec.grid_for(process, nfe, grid, score=target.score_fn(process), shape=target.event_shape, **extra)
     score = CountEvals(target.score_fn(process))
     g = torch.Generator().manual_seed(0)
     x = process.prior((n, 2), generator=g, dtype=torch.float64)
-    out = spec(score, process, x, ts, generator=g)
+    out = spec(score, process, x, ts, nfe=nfe, generator=g)
     return out, score.nfe
 
 

@@ -43,9 +43,11 @@ def run(data_name: str, args) -> dict:
         spec = get_sampler(name)
         gs = torch.Generator().manual_seed(2)
         x = result.process.prior((args.n, 2), generator=gs)
-        out = spec(model.score_fn(), result.process, x, spec.grid_for(result.process, nfe), generator=gs)
+        score = model.score_fn()
+        ts = spec.grid_for(result.process, nfe, score=score)
+        out = spec(score, result.process, x, ts, nfe=nfe, generator=gs)
         sw = float(sliced_wasserstein(out, ref))
-        rows.append({"sampler": name, "nfe": spec.nfe(len(spec.grid_for(result.process, nfe)) - 1), "sw": sw,
+        rows.append({"sampler": name, "nfe": spec.spent(nfe), "sw": sw,
                      "sw_ratio": sw / floor})
     best = min(rows, key=lambda r: r["sw_ratio"])
     return {"data": data_name, "train_seconds": result.seconds, "steps": result.step, "config": vars(args),

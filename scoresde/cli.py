@@ -148,7 +148,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                            seed=args.seed)
     data = toy_data.load(model.config.data, root=model.config.data_root) if samples.ndim == 2 else None
     ref = None if data is None else data.sample(min(n, 5000), generator=torch.Generator().manual_seed(args.seed))
-    title = f"{args.sampler}, NFE {spec.nfe(spec.steps_for(args.nfe))}" + \
+    title = f"{args.sampler}, NFE {spec.spent(args.nfe)}" + \
         (f", label {args.label}" if args.label is not None else "")
     print(f"wrote {', '.join(map(str, save_samples(samples, Path(args.out), reference=ref, title=title)))}")
 

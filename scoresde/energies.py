@@ -328,7 +328,7 @@ class Reference:
         d = len(self.axes)
         mass = torch.as_tensor(self.density, dtype=torch.float64).flatten().clamp_min(0)
         cell = torch.multinomial(mass, n, replacement=True, generator=generator)
-        idx = torch.unravel_index(cell, self.density.shape)
+        idx = [torch.as_tensor(i) for i in np.unravel_index(cell.numpy(), self.density.shape)]
         u = torch.rand(n, d, generator=generator, dtype=torch.float64) - 0.5
         cols = []
         for i, ax in enumerate(self.axes):

@@ -254,7 +254,7 @@ def _per_sample(w: Weight, v: Tensor) -> Weight:
 
 
 class Mask(LinearOperator):
-    """Inpainting: y = the coordinates where `known` is True (A A ᵀ = I); `known` has the event shape."""
+    """Inpainting: y = the coordinates where `known` is True (A Aᵀ = I); `known` has the event shape."""
 
     def __init__(self, known: Tensor):
         known = torch.as_tensor(known)

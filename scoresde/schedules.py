@@ -20,7 +20,7 @@ __all__ = [
     "uniform_log_snr",
     "karras",
     "ddpm_steps",
-    "jump_log_snr",
+    "scaled_log_snr",
     "check_grid",
     "time_range",
 ]
@@ -90,38 +90,33 @@ def ddpm_steps(process: Process, steps: int) -> Tensor:
     return torch.linspace(big_n, 1, steps + 1, dtype=torch.float64).round() / big_n
 
 
-def jump_log_snr(
-    process: Process,
-    steps: int,
-    s1: float | None = None,
-    s2: float | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
+def scaled_log_snr(
+    process: Process, steps: int, data_scale: float, t_min: float | None = None, t_max: float | None = None
 ) -> Tensor:
-    """`steps` steps: t_max, then sigma/alpha = s1, then steps - 1 times uniform in log-SNR from sigma/alpha = s2 to t_min.
+    """`steps` steps uniform in log-SNR below the data's scale, sparser above it: sigma/alpha = data_scale / sinh²(u/2)
+    with u uniform.
 
-    One step jumps from the prior's noise level to s1 and one more to s2, where the data's structure appears;
-    the rest of the budget is spread uniformly in log-SNR below it (with steps = 2 the tail is t_min alone).
-    Defaults: s1 = min(10, (sigma/alpha at t_max) / 2), s2 = min(2, s1 / 2). With steps < 2 it is uniform_log_snr.
+    Where sigma/alpha >> data_scale the data prediction is nearly the data mean, which an exponential integrator steps
+    over exactly (a step's local error falls as (data_scale / (sigma/alpha))² there), so the steps grow as
+    sqrt(sigma/alpha) above data_scale and are uniform in log-SNR below it: the density of steps follows
+    (sigma/alpha) / data_scale, whatever the data's scale. The map from u to log-SNR is smooth on the grid's
+    range, so every step shrinks as 1/steps (at last) and a sampler on it converges at its order. data_scale: the
+    data's largest standard deviation (`samplers.tuning.data_scale` estimates it from the score); a large one
+    gives uniform_log_snr.
     """
     _check_steps(steps)
-    if steps < 2:  # nothing to jump over
-        return uniform_log_snr(process, steps, t_min, t_max)
+    if isinstance(data_scale, bool) or not isinstance(data_scale, (int, float)) or not (
+            math.isfinite(data_scale) and data_scale > 0):
+        raise ValueError(f"data_scale must be a positive finite number, got {data_scale!r}")
     lo, hi = time_range(process, t_min, t_max)
-    lam_hi, lam_lo = process.log_snr(torch.tensor([hi, lo], dtype=torch.float64)).tolist()
-    r_hi, r_lo = math.exp(-0.5 * lam_hi), math.exp(-0.5 * lam_lo)  # sigma / alpha at t_max and t_min
-    s1 = min(10.0, r_hi / 2) if s1 is None else float(s1)
-    s2 = min(2.0, s1 / 2) if s2 is None else float(s2)
-    if not s1 > s2:
-        raise ValueError(f"need s1 > s2, got s1 = {s1!r}, s2 = {s2!r}")
-    # with a relative margin, so that round-off in t_from_log_snr cannot put s1 or s2 on an end time
-    if not s2 > r_lo * (1 + 1e-9):
-        raise ValueError(f"s2 = {s2!r} must exceed sigma/alpha = {r_lo:.6g} at t_min = {lo!r}")
-    if not s1 < r_hi * (1 - 1e-9):
-        raise ValueError(f"s1 = {s1!r} must be below sigma/alpha = {r_hi:.6g} at t_max = {hi!r}")
-    tail = torch.linspace(-2 * math.log(s2), lam_lo, steps - 1, dtype=torch.float64).tolist() if steps > 2 else [lam_lo]
-    lam = torch.tensor([lam_hi, -2 * math.log(s1)] + tail, dtype=torch.float64)
-    ts = process.t_from_log_snr(lam)
+    if steps == 0:
+        return torch.tensor([hi], dtype=torch.float64)
+    lam = process.log_snr(torch.tensor([hi, lo], dtype=torch.float64))
+    # u = 2 asinh(sqrt(data_scale / (sigma/alpha))), sigma/alpha = exp(-log_snr / 2)
+    u_ends = 2 * torch.asinh(torch.exp(0.5 * math.log(data_scale) + 0.25 * lam))
+    u = torch.linspace(float(u_ends[0]), float(u_ends[1]), steps + 1, dtype=torch.float64)
+    log_sinh = 0.5 * u + torch.log(-torch.expm1(-u)) - math.log(2)  # log sinh(u / 2), stable for large u
+    ts = process.t_from_log_snr(4 * log_sinh - 2 * math.log(data_scale))
     ts[0], ts[-1] = hi, lo  # exact ends despite round-off in the inverse
     return ts
 

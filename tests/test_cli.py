@@ -52,7 +52,7 @@ def test_compare_writes_table_json_and_pngs(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "noise floor" in text and "ddim" in text and "heun" in text
     data = json.loads((out / "results.json").read_text())
-    assert {(r["sampler"], r["nfe"]) for r in data["records"]} == {("ddim", 5), ("ddim", 12), ("heun", 5), ("heun", 11)}
+    assert {(r["sampler"], r["nfe"]) for r in data["records"]} == {("ddim", 5), ("ddim", 12), ("heun", 5), ("heun", 12)}
     for png in ("samples.png", "quality_vs_nfe.png", "trajectories.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -82,7 +82,7 @@ def test_compare_harness_returns_measured_records():
     ring = toy_data.load("ring8")
     res = compare(ring, VP(), ["dpm_solver_pp", "heun"], [9], n=200, pairwise_n=100, seed=3, device=DEVICE)
     assert [(r["sampler"], r["budget"], r["nfe"], r["grid"]) for r in res.records] == \
-        [("dpm_solver_pp", 9, 9, "uniform_log_snr"), ("heun", 9, 9, "karras")]
+        [("dpm_solver_pp", 9, 9, "scaled_log_snr"), ("heun", 9, 9, "uniform_log_snr")]
     assert res.metrics == ("sliced_wasserstein", "mmd", "energy_distance", "logp_gap") and res.skipped == []
     ref = res.reference
     assert ref.shape == (200, 2) and set(res.floors) == {*res.metrics, "logp_gap_se"}
@@ -94,8 +94,8 @@ def test_compare_harness_returns_measured_records():
         assert r["energy_distance"] == float(energy_distance(x, ref, max_n=100))
         assert r["logp_gap"] == float(log_density_gap(ring.log_prob, x, ref)[0])
     assert "noise floor" in res.table() and "heun" in res.table()
-    short = compare(ring, VP(), ["annealed_langevin"], [3], n=200, pairwise_n=100)
-    assert short.records == [] and len(short.skipped) == 1 and "annealed_langevin at NFE 3" in short.skipped[0]
+    short = compare(ring, VP(), ["annealed_langevin"], [1], n=200, pairwise_n=100)
+    assert short.records == [] and len(short.skipped) == 1 and "annealed_langevin at NFE 1" in short.skipped[0]
 
 
 def test_train_builds_the_config_from_the_flags_given_and_resume_keeps_it(tmp_path, capsys):

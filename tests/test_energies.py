@@ -258,7 +258,8 @@ def test_quadrature_references_match_closed_forms():
     draws = one.sample(200000, generator=torch.Generator().manual_seed(0))
     assert float((draws[:, 0] < 0).double().mean()) == pytest.approx(one.occupancy[0], abs=4e-3)
     mb = E.muller_brown()
-    assert mb.u_min == pytest.approx(-146.6995, abs=1e-3) and mb.x_min.tolist() == pytest.approx([-0.5582, 1.4417], abs=1e-3)
+    assert mb.u_min == pytest.approx(-146.6995, abs=1e-3)
+    assert mb.x_min.tolist() == pytest.approx([-0.5582, 1.4417], abs=1e-3)
 
 
 def test_ess_and_rhat_on_ar1_chains_with_known_autocorrelation():
@@ -326,7 +327,8 @@ class _Poisoned:
 def test_non_finite_energies_name_the_chain_and_the_step(value):
     x = torch.zeros(8, 1, **F64)
     # evaluation 0 is the initial state (step 0); evaluation k + 1 the proposal or state of step k + 1
-    with pytest.raises(ValueError, match=rf"the energy or its gradient is NaN or inf at chain 5, step 4 \(value {value}"):
+    message = rf"the energy or its gradient is NaN or inf at chain 5, step 4 \(value {value}"
+    with pytest.raises(ValueError, match=message):
         M.mala(_Poisoned(4, 5, value), x, 10, step=0.1, generator=_gen(0))
     with pytest.raises(ValueError, match="at chain 2, step 7"):
         M.baoab(_Poisoned(7, 2, value), x, 10, tau=0.1, generator=_gen(0))
@@ -356,7 +358,8 @@ def test_langevin_report_measures_against_the_exact_answer_and_writes_pngs(tmp_p
 
 
 def test_cli_langevin_and_anneal_print_tables_and_fail_in_one_line(capsys, tmp_path):
-    cli = pytest.importorskip("scoresde.cli", reason="scoresde.cli does not import on this tree (training rewrite)")
+    cli = pytest.importorskip("scoresde.cli", reason="scoresde.cli does not import on this tree (training rewrite)",
+                              exc_type=ImportError)
     assert cli.main(["langevin", "--energy", "double_well", "--kT", "0.5", "--chains", "50", "--steps", "100",
                      "--out", str(tmp_path)]) == 0
     assert "mean_energy" in capsys.readouterr().out

@@ -7,8 +7,8 @@ import toy_data
 from scoresde import VE, VP
 from scoresde.samplers import dpm_solver_pp, probability_flow, unipc
 from scoresde.samplers.registry import GRIDS, SAMPLERS
-from scoresde.samplers.tuning import PILOT_SEED, optimized
-from scoresde.schedules import uniform_log_snr
+from scoresde.samplers.tuning import PILOT_SEED, data_scale, optimized
+from scoresde.schedules import scaled_log_snr, uniform_log_snr
 
 from .conftest import DEVICE
 
@@ -44,9 +44,11 @@ def test_beats_uniform_log_snr_against_the_reference_ode_solution():
         return float(((unipc(score, process, x, grid) - ref) ** 2).sum(1).mean().sqrt())
 
     base, opt = rms(uniform_log_snr(process, n)), rms(ts)
-    assert opt < 0.5 * base, (opt, base)  # measured: 0.110 vs 0.281
-    best_init = min(rms(GRIDS[g](process, n)) for g in ("uniform_log_snr", "jump_log_snr", "karras", "uniform_t"))
-    assert opt < 0.8 * best_init, (opt, best_init)  # measured: 0.110 vs 0.178 (jump)
+    assert opt < 0.5 * base, (opt, base)  # measured: 0.095 vs 0.281
+    scale = data_scale(score, process, _pilot(process, 300, 11))
+    best_init = min([rms(GRIDS[g](process, n)) for g in ("uniform_log_snr", "karras", "uniform_t")]
+                    + [rms(scaled_log_snr(process, n, scale))])
+    assert opt < 0.8 * best_init, (opt, best_init)  # measured: 0.095 vs 0.175 (scaled_log_snr)
 
 
 def test_float32_pilot_on_the_test_device_gives_a_float64_grid():

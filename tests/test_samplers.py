@@ -13,7 +13,7 @@ from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers import analytic_x0_var, ancestral, ancestral_analytic, ddim, dpm_solver_pp, euler, heun, langevin, probability_flow
 from scoresde.samplers.registry import SAMPLERS, get_sampler
 from scoresde.samplers.tuning import pilot_batch
-from scoresde.schedules import jump_log_snr, karras, uniform_log_snr, uniform_t
+from scoresde.schedules import karras, scaled_log_snr, uniform_log_snr, uniform_t
 from toy_data import GaussianMixture
 
 from .conftest import DEVICE
@@ -31,6 +31,7 @@ BUDGET = {
     "heun": 31,
     "dpm_solver_pp": 20,
     "unipc": 20,
+    "dpm_solver_pp_sde": 30,
 }
 N = 4000
 
@@ -43,17 +44,17 @@ def _image_mixture():
 
 def _run(name, target, process, nfe, n=N, seed=0, dtype=torch.float32):
     spec = get_sampler(name)
-    ts = spec.grid_for(process, nfe)
+    ts = spec.grid_for(process, nfe, score=target.score_fn(process), shape=target.event_shape)
     score = CountEvals(target.score_fn(process))
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     x = process.prior((n,) + target.event_shape, generator=g, dtype=dtype)
-    out = spec(score, process, x, ts, generator=g)
+    out = spec(score, process, x, ts, nfe=nfe, generator=g)
     pilot = 0
     if name == "ancestral_analytic":  # its pilot batch's evaluations are counted in the NFE too
         counted = CountEvals(target.score_fn(process))
         analytic_x0_var(counted, process, ts, pilot_batch(process, 1000, x))
         pilot = counted.nfe
-    return out, score.nfe - pilot, spec.nfe(len(ts) - 1)
+    return out, score.nfe - pilot, spec.spent(nfe)
 
 
 def _floor(target, n=N):
@@ -79,7 +80,8 @@ def test_ddpm_samplers_on_discrete_vp(name):
     ref, floor = _floor(target)
     process = DiscreteVP.linear()
     spec = get_sampler(name)
-    ts = uniform_t(process, 999) if name == "ancestral" else spec.grid_for(process, BUDGET[name])
+    ts = uniform_t(process, 999) if name == "ancestral" else spec.grid_for(process, BUDGET[name],
+                                                                            score=target.score_fn(process))
     assert name != "ancestral" or torch.allclose(ts * 1000, torch.arange(1000, 0, -1, dtype=torch.float64))
     g = torch.Generator(device=DEVICE).manual_seed(0)
     out = spec(target.score_fn(process), process, process.prior((N, 2), generator=g), ts, generator=g)
@@ -138,11 +140,11 @@ def _caller_noise(rows: int, draws: int = 64):
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch(name):
     target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
-    ts = spec.grid_for(process, 12)
+    ts = spec.grid_for(process, 12, score=target.score_fn(process))
     noise = _caller_noise(12)
     x = process.prior((12, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
-    big = spec(target.score_fn(process), process, x, ts, noise=noise)
-    small = spec(target.score_fn(process), process, x[:5], ts, noise=noise)
+    big = spec(target.score_fn(process), process, x, ts, nfe=12, noise=noise)
+    small = spec(target.score_fn(process), process, x[:5], ts, nfe=12, noise=noise)
     assert torch.allclose(small, big[:5], rtol=1e-10, atol=1e-12)
 
 
@@ -150,12 +152,12 @@ def test_a_sample_does_not_depend_on_the_rest_of_the_batch(name):
 def test_same_generator_same_samples_and_float64(name):
     target, process = toy_data.load("ring8"), VE(0.01, 10.0)
     spec = get_sampler(name)
-    ts = spec.grid_for(process, 15)
+    ts = spec.grid_for(process, 15, score=target.score_fn(process))
     outs = []
     for _ in range(2):
         g = torch.Generator(device=DEVICE).manual_seed(7)
         x = process.prior((50, 2), generator=g, dtype=torch.float64)
-        outs.append(spec(target.score_fn(process), process, x, ts, generator=g))
+        outs.append(spec(target.score_fn(process), process, x, ts, nfe=15, generator=g))
     assert outs[0].dtype == torch.float64 and torch.equal(outs[0], outs[1])
 
 
@@ -179,7 +181,7 @@ def test_analytic_x0_var_is_the_gaussian_posterior_variance(process):
     # for N(m, s0² I) data, Cov[x0 | x_t] = s0² sigma² / (alpha² s0² + sigma²) I exactly, at every x_t
     s0 = 0.3
     target = GaussianMixture.isotropic([1.0], [[1.0, -0.5]], s0)
-    ts = jump_log_snr(process, 10)
+    ts = scaled_log_snr(process, 10, 1.0)
     x = process.prior((1000, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     v = analytic_x0_var(target.score_fn(process), process, ts, x)
     a, s = process.alpha(ts[:-1]), process.sigma(ts[:-1])
@@ -213,7 +215,7 @@ def test_ancestral_with_the_x0_variance_keeps_the_marginal_variance():
 
 def test_ancestral_analytic_runs_its_pilot_through_the_counted_score():
     target, process = toy_data.load("ring8"), VP()
-    ts = get_sampler("ancestral_analytic").grid_for(process, 12)
+    ts = get_sampler("ancestral_analytic").grid_for(process, 12, score=target.score_fn(process))
     x = process.prior((50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     noise = _caller_noise(50)
     pilot = CountEvals(target.score_fn(process))
@@ -235,19 +237,19 @@ def test_count_evals_matches_the_documented_nfe(name, nfe):
     target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
     try:
-        ts = spec.grid_for(process, nfe)
+        ts = spec.grid_for(process, nfe, score=target.score_fn(process))
     except ValueError as e:
         assert "too small" in str(e) and nfe < spec.evals_per_step + spec.extra + 1
         return
     score = CountEvals(target.score_fn(process))
     x = process.prior((3, 2))
-    spec(score, process, x, ts, generator=torch.Generator().manual_seed(0))
+    spec(score, process, x, ts, nfe=nfe, generator=torch.Generator().manual_seed(0))
     if name == "ancestral_analytic":  # its pilot batch's evaluations are counted too
         pilot = CountEvals(target.score_fn(process))
         analytic_x0_var(pilot, process, ts, pilot_batch(process, 1000, x))
-        assert score.nfe == spec.nfe(len(ts) - 1) + pilot.nfe
+        assert score.nfe == spec.spent(nfe) + pilot.nfe
         return
-    assert score.nfe == spec.nfe(len(ts) - 1) <= nfe
+    assert score.nfe == spec.spent(nfe) <= nfe
 
 
 def test_adaptive_probability_flow_counts_its_evaluations():
@@ -290,8 +292,8 @@ def test_bad_grids_and_budgets():
         ddim(score, process, x, torch.tensor([1.5, 0.3], dtype=torch.float64))
     with pytest.raises(ValueError, match="NFE must be a positive integer, got 0"):
         get_sampler("heun").steps_for(0)
-    with pytest.raises(ValueError, match="NFE = 3 is too small for annealed_langevin: it needs at least 6"):
-        get_sampler("annealed_langevin").steps_for(3)
+    with pytest.raises(ValueError, match="NFE = 1 is too small for annealed_langevin: it needs at least 2"):
+        get_sampler("annealed_langevin").steps_for(1)
     with pytest.raises(ValueError, match="unknown sampler 'dpmpp'"):
         get_sampler("dpmpp")
     with pytest.raises(ValueError, match=r"shape \(B, ...\)"):
@@ -302,7 +304,7 @@ def test_bad_grids_and_budgets():
 def test_nan_from_the_score_names_the_step(name):
     target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
-    ts = spec.grid_for(process, 40)
+    ts = spec.grid_for(process, 40, score=target.score_fn(process))
     calls = []
 
     def broken(x, t):
@@ -311,7 +313,7 @@ def test_nan_from_the_score_names_the_step(name):
         return s * float("nan") if len(calls) >= 3 else s
 
     with pytest.raises(ValueError, match=r"NaN or inf at (step \d+|ODE evaluation 3)"):
-        spec(broken, process, process.prior((4, 2)), ts, generator=torch.Generator().manual_seed(0))
+        spec(broken, process, process.prior((4, 2)), ts, nfe=40, generator=torch.Generator().manual_seed(0))
 
 
 # -- 0 steps: every grid is [t_max], every sampler's NFE 1 is Tweedie's x0 there -------------------------------------
@@ -324,14 +326,15 @@ def test_zero_steps_is_the_grid_t_max_for_every_grid(process):
     for name, grid in GRIDS.items():
         if name == "optimized" or (name == "ddpm_steps" and not isinstance(process, DiscreteVP)):
             continue
-        assert grid(process, 0).tolist() == [process.t_max], name
+        args = (1.0,) if name == "scaled_log_snr" else ()  # the data scale
+        assert grid(process, 0, *args).tolist() == [process.t_max], name
 
 
 @pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.deterministic])
 def test_nfe_one_returns_tweedie_at_t_max_not_the_prior_noise(name):
     target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
-    ts = spec.grid_for(process, 1)
+    ts = spec.grid_for(process, 1, score=target.score_fn(process))
     x = process.prior((500, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
     score = CountEvals(target.score_fn(process))
     out = spec(score, process, x, ts)

@@ -248,6 +248,37 @@ def _(orig):
     return lambda meta: meta
 
 
+# -- energies and Boltzmann samplers --------------------------------------------------------------------------------
+@mutation("energy_score drops 1/kT", "scoresde.energies:energy_score",
+          "test_energies.py::test_ula_stationary_variance_on_a_harmonic_well_is_its_closed_form_in_eta")
+def _(orig):
+    return lambda energy, kT=1.0: orig(energy, 1.0)
+
+
+@mutation("tempered multiplies by T", "scoresde.energies:tempered",
+          "test_energies.py::test_scores_of_other_kinds_plug_in_and_tempering_is_a_temperature")
+def _(orig):
+    return lambda score, T: orig(score, 1.0 / T)
+
+
+@mutation("ULA drift sign", "scoresde.samplers.mcmc:ula",
+          "test_energies.py::test_ula_stationary_variance_on_a_harmonic_well_is_its_closed_form_in_eta")
+def _(orig):
+    return lambda score, *args, **kw: orig(lambda x: -score(x), *args, **kw)
+
+
+@mutation("quadrature at kT = 1", "scoresde.energies:reference",
+          "test_energies.py::test_quadrature_references_match_closed_forms")
+def _(orig):
+    return lambda landscape, kT, *args, **kw: orig(landscape, 1.0, *args, **kw)
+
+
+@mutation("R-hat without between-chain variance", "scoresde.evaluation.mcmc:rhat",
+          "test_energies.py::test_ess_and_rhat_on_ar1_chains_with_known_autocorrelation")
+def _(orig):
+    return lambda chains, *args, **kw: 1.0
+
+
 # -- running ----------------------------------------------------------------------------------------------------------
 def apply(name: str) -> None:
     """Replace the mutation's target by its broken version (in this interpreter)."""

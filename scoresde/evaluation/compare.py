@@ -144,7 +144,7 @@ def compare(
         g = torch.Generator(dev).manual_seed(seed + 1)
         x = process.prior((n, *event_shape), generator=g, device=dev, dtype=dtype)
         t0 = time.perf_counter()
-        out = spec(counted, process, x, ts, generator=g, progress=False).cpu()
+        out = spec(counted, process, x, ts, nfe=budget, generator=g, progress=False).cpu()
         seconds = time.perf_counter() - t0
         result.grids[name, budget], result.samples[name, budget] = ts, out
         result.records.append({"sampler": name, "budget": budget, "nfe": counted.nfe, "grid": grid or spec.grid,

@@ -80,7 +80,7 @@ def inpaint(score: ScoreFn, process: Process, observed: Tensor, mask: G.Mask, *,
         out = G.replacement(spec, mask, y)(counted, process, x, spec.grid_for(process, nfe), generator=g)
     else:
         steps = (nfe - 1) // resample
-        ts = spec.grid_for(process, spec.nfe(steps))
+        ts = spec.grid_for(process, spec.evals_per_step * steps + spec.extra + 1)  # a grid of `steps` steps
         out = G.repaint(spec, mask, y, resample)(counted, process, x, ts, generator=g)
     return out, counted.nfe
 

@@ -96,13 +96,16 @@ def sample_model(
     if grid == "optimized":
         raise ValueError("--grid optimized is for `scoresde compare` (and samplers.tuning.optimized), not sample")
     spec, process = get_sampler(sampler), model.process
-    ts, score_for = spec.grid_for(process, nfe, grid), score_for or model.score_fn
+    score_for = score_for or model.score_fn
+    like = dict(shape=tuple(model.event_shape), dtype=torch.float32, device=model.device)
+    ts = spec.grid_for(process, nfe, grid, score=model.score_fn(None), **like)
     out = []
     for start in range(0, n, batch):
         b = min(batch, n - start)
         source = PerSampleNoise(seed, start, start + b, process, model.event_shape, model.device, torch.float32)
         y = None if labels is None else labels[start:start + b].to(model.device)
-        out.append(spec(score_for(y), process, source.prior(), ts, noise=source.noise, progress=progress).cpu())
+        out.append(spec(score_for(y), process, source.prior(), ts, nfe=nfe, noise=source.noise,
+                        progress=progress).cpu())
     return torch.cat(out)
 
 

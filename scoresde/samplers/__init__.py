@@ -6,8 +6,8 @@ for the CLI and benchmarks are in samplers.registry; pilot-batch tuning in sampl
 
 from .langevin import annealed_langevin, langevin
 from .ode import ddim, dpm_solver_pp, euler, heun, probability_flow
-from .sde import ancestral, euler_maruyama, predictor_corrector
-from .tuning import analytic_x0_var, ancestral_analytic, optimized
+from .sde import ancestral, dpm_solver_pp_sde, euler_maruyama, predictor_corrector
+from .tuning import analytic_x0_var, ancestral_analytic, data_scale, optimized
 from .unipc import unipc
 
 __all__ = [
@@ -15,8 +15,10 @@ __all__ = [
     "ancestral_analytic",
     "analytic_x0_var",
     "annealed_langevin",
+    "data_scale",
     "ddim",
     "dpm_solver_pp",
+    "dpm_solver_pp_sde",
     "euler",
     "euler_maruyama",
     "heun",

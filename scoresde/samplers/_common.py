@@ -172,3 +172,43 @@ def first_order_loop(
         if C[i] != 0:
             x.add_(draw(i, x), alpha=C[i])
     return finish(score, x, grid, check, n, callback, denoise)
+
+
+def multistep_loop(
+    score,
+    x: Tensor,
+    grid: Grid,
+    A: list,
+    B: list,
+    C: list,
+    *,
+    draw: NoiseFn,
+    callback: Callback | None,
+    denoise: bool,
+    progress: bool | None,
+    desc: str,
+) -> Tensor:
+    """x <- A[i] x + sum_j B[i][j] D_{i-j} + C[i] z_i over the grid, D_i = Tweedie's x0 at (x_i, t_i); then Tweedie's
+    x0 at the last time if denoise.
+
+    The shared loop of the multistep data-prediction samplers (DPM-Solver++ and its SDE): one evaluation per step,
+    the last few D kept in local variables.
+    """
+    n = len(grid.ts) - 1
+    times = grid.ts.tolist()
+    keep = max(map(len, B), default=1)
+    check = FiniteCheck(x, n + int(denoise))
+    ds: list = []  # D_i, D_{i-1}, ..., most recent first
+    for i in progress_range(n, progress, desc):
+        s = score(x, grid.t[i])
+        check(i, s, i, times[i])
+        report(callback, i, times[i], x, s, grid.alpha[i], grid.sigma[i])
+        ds.insert(0, tweedie(x, s, grid.alpha[i], grid.sigma[i]))
+        del ds[keep:]
+        x = x.mul(A[i])
+        for b, d in zip(B[i], ds):
+            if b != 0:
+                x.add_(d, alpha=b)
+        if C[i] != 0:
+            x.add_(draw(i, x), alpha=C[i])
+    return finish(score, x, grid, check, n, callback, denoise)

@@ -1,7 +1,8 @@
 """Boltzmann samplers: many Langevin chains at once on an energy U at temperature kT, or on a score.
 
     ula          unadjusted Langevin on a score: x <- x + eta s(x) + sqrt(2 eta) z
-    overdamped   the same chain in physical units: gamma dx = -∇U dt + sqrt(2 gamma kT) dW, step tau: eta = kT tau / gamma
+    overdamped   the same chain in physical units: gamma dx = -∇U dt + sqrt(2 gamma kT) dW by Euler-Maruyama with
+                 time step tau, i.e. eta = kT tau / gamma
     mala         Metropolis-adjusted Langevin (Roberts & Tweedie 1996): exact stationary law exp(-U / kT); per-chain
                  step adaptation during warm-up toward acceptance 0.574 (Robbins-Monro on log eta), then frozen
     baoab        underdamped Langevin, BAOAB splitting (Leimkuhler & Matthews 2013), mass m, friction gamma
@@ -112,8 +113,9 @@ class _ChainCheck:
             return
         chain = int(self.first.argmin())
         step = int(self.first[chain])
-        raise ValueError(f"{self.what} is NaN or inf at chain {chain}, step {step} (value {float(self.value[chain])!r}; "
-                         f"{int((self.first < self.steps).sum())} chains went bad)")
+        value, n_bad = float(self.value[chain]), int((self.first < self.steps).sum())
+        raise ValueError(f"{self.what} is NaN or inf at chain {chain}, step {step} (value {value!r}; "
+                         f"{n_bad} chains went bad)")
 
 
 def _sum(v: Tensor) -> Tensor:
@@ -183,8 +185,8 @@ def _mala_coefficients(eta: Tensor, kT, ndim: int) -> tuple[Tensor, Tensor, Tens
 
 
 def _mala_step(energy: Energy, x: Tensor, u: Tensor, g: Tensor, coef: tuple, kT, z: Tensor, zu: Tensor):
-    """One MALA move at temperature kT from (x, U(x), ∇U(x)): proposal y = x - a ∇U + b z (= x + eta s + sqrt(2 eta) z),
-    accepted when log Φ(zu) < log alpha. With w = c (∇U(x) + ∇U(y)), the proposal ratio log q(x|y) - log q(y|x)
+    """One MALA move at temperature kT from (x, U(x), ∇U(x)): proposal y = x - a ∇U + b z, i.e.
+    x + eta s + sqrt(2 eta) z, accepted when log Φ(zu) < log alpha. With w = c (∇U(x) + ∇U(y)), the proposal ratio log q(x|y) - log q(y|x)
     = |z|²/2 - |z - w|²/2 = -w·(w/2 - z). Returns x, u, g, accepted, log alpha, U(y), ∇U(y)."""
     a, b, c = coef
     y = torch.addcmul(x - a * g, b, z)

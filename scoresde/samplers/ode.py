@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from ..processes import Process
-from ..score import ScoreFn, tweedie
+from ..score import ScoreFn
 from ._common import (FIXED_METHODS, Callback, FiniteCheck, NoiseFn, check_ode_method, final_denoise, finish,
-                      first_order_loop, noise_source, odeint, pf_drift, prepare, progress_range, report)
+                      first_order_loop, multistep_loop, noise_source, odeint, pf_drift, prepare, progress_range,
+                      report)
 
 __all__ = ["ddim", "dpm_solver_pp", "heun", "euler", "probability_flow"]
 
@@ -94,29 +95,16 @@ def dpm_solver_pp(
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     g = prepare(process, x, ts)
-    n = len(g.ts) - 1
     coef = _dpmpp_coefficients([0.5 * v for v in g.log_snr], g.alpha, g.sigma, order, lower_order_final)
-    times = g.ts.tolist()
-    check = FiniteCheck(x, n + int(denoise))
-    d1 = d2 = None  # the previous two data predictions
-    for i in progress_range(n, progress, "dpm_solver_pp"):
-        s = score(x, g.t[i])
-        check(i, s, i, times[i])
-        report(callback, i, times[i], x, s, g.alpha[i], g.sigma[i])
-        d0 = tweedie(x, s, g.alpha[i], g.sigma[i])
-        a, b0, b1, b2 = coef[i]
-        x = x.mul(a).add_(d0, alpha=b0)
-        if b1 != 0:
-            x.add_(d1, alpha=b1)
-        if b2 != 0:
-            x.add_(d2, alpha=b2)
-        d1, d2 = d0, d1
-    return finish(score, x, g, check, n, callback, denoise)
+    A, B = [c[0] for c in coef], [list(c[1:]) for c in coef]
+    return multistep_loop(score, x, g, A, B, [0.0] * len(A), draw=noise_source(generator, noise),
+                          callback=callback, denoise=denoise, progress=progress, desc="dpm_solver_pp")
 
 
 def _edm(
     score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
     second_order: bool,
+    euler_first: bool,
     s_churn: float,
     s_tmin: float,
     s_tmax: float,
@@ -149,7 +137,8 @@ def _edm(
     a_hat = process.alpha(t_hat_cpu).tolist()
     s_hat = process.sigma(t_hat_cpu).tolist()
     draw = noise_source(generator, noise)
-    check = FiniteCheck(x, n * (2 if second_order else 1) + int(denoise))
+    heun_steps = [second_order and not (euler_first and i == 0) for i in range(n)]
+    check = FiniteCheck(x, n + sum(heun_steps) + int(denoise))
     k = 0
     y = x / g.alpha[0]
     for i in progress_range(n, progress, desc):
@@ -164,7 +153,7 @@ def _edm(
         k += 1
         report(callback, i, tv, xi, s, a_i, s_i)
         dt = sig[i + 1] - sig_hat[i]
-        if not second_order:
+        if not heun_steps[i]:
             y = y.add(s, alpha=-s_i * dt)
             continue
         y_next = y.add(s, alpha=-s_i * dt)
@@ -178,17 +167,20 @@ def _edm(
 
 def heun(
     score: ScoreFn, process: Process, x: Tensor, ts: Tensor, *,
+    euler_first: bool = False,
     s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
     generator: torch.Generator | None = None, noise: NoiseFn | None = None,
     callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """EDM's second-order Heun sampler (Karras et al. 2022, Algorithm 2), with optional churn.
 
-    NFE = 2 (len(ts) - 1) + denoise.
+    euler_first: the first step is Euler's (one evaluation): from t_max, where the data prediction is nearly the
+    data mean, Euler in sigma/alpha is nearly exact; it spends an even NFE budget without waste.
+    NFE = 2 (len(ts) - 1) - euler_first + denoise.
     """
-    return _edm(score, process, x, ts, second_order=True, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                s_noise=s_noise, generator=generator, noise=noise, callback=callback, denoise=denoise,
-                progress=progress, desc="heun")
+    return _edm(score, process, x, ts, second_order=True, euler_first=euler_first, s_churn=s_churn, s_tmin=s_tmin,
+                s_tmax=s_tmax, s_noise=s_noise, generator=generator, noise=noise, callback=callback,
+                denoise=denoise, progress=progress, desc="heun")
 
 
 def euler(
@@ -198,9 +190,9 @@ def euler(
     callback: Callback | None = None, denoise: bool = True, progress: bool | None = None,
 ) -> Tensor:
     """EDM's first-order sampler: Euler in sigma/alpha (equal to DDIM without churn). NFE = len(ts) - 1 + denoise."""
-    return _edm(score, process, x, ts, second_order=False, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                s_noise=s_noise, generator=generator, noise=noise, callback=callback, denoise=denoise,
-                progress=progress, desc="euler")
+    return _edm(score, process, x, ts, second_order=False, euler_first=False, s_churn=s_churn, s_tmin=s_tmin,
+                s_tmax=s_tmax, s_noise=s_noise, generator=generator, noise=noise, callback=callback,
+                denoise=denoise, progress=progress, desc="euler")
 
 
 def probability_flow(

@@ -15,16 +15,37 @@ from torch import Tensor
 
 from .._utils import check_batch
 from ..processes import Process
-from ..schedules import check_grid, jump_log_snr, karras, uniform_log_snr, uniform_t
-from ..score import ScoreFn
+from ..schedules import check_grid, karras, scaled_log_snr, uniform_log_snr, uniform_t
+from ..score import ScoreFn, tweedie
 from ._common import odeint, pf_drift, prepare
 from .ode import probability_flow
 from .sde import ancestral
 
-__all__ = ["optimized", "analytic_x0_var", "ancestral_analytic", "pilot_batch", "PILOT_SEED"]
+__all__ = ["optimized", "data_scale", "analytic_x0_var", "ancestral_analytic", "pilot_batch", "PILOT_SEED"]
 
 
 PILOT_SEED = 987_654_321  # the seed of every pilot batch; no benchmark or CLI run draws samples with it
+
+
+def data_scale(score: ScoreFn, process: Process, x: Tensor) -> float:
+    """The data's largest standard deviation, from Tweedie's x0 at t_max on pilot prior samples x (one evaluation).
+
+    For data of covariance eigenvalue v, Tweedie's x0 at t_max has covariance eigenvalue c = alpha² v² /
+    (alpha² v + sigma²) (exact for Gaussian data, the high-noise limit of any data); the top eigenvalue c of the
+    pilot's x0 covariance is solved for v. An error in the score only adds spread, so the estimate errs large,
+    towards uniform_log_snr in `scaled_log_snr`. At least the noise level sigma/alpha at t_min.
+    """
+    if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(f"the pilot batch needs shape (n, ...) with n >= 2, got {getattr(x, 'shape', type(x))}")
+    ts = torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
+    (a, a_min), (sig, sig_min) = process.alpha(ts).tolist(), process.sigma(ts).tolist()
+    t = torch.full((x.shape[0],), process.t_max, dtype=x.dtype, device=x.device)
+    x0 = tweedie(x, score(x, t), a, sig).detach().double().flatten(1).cpu()
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError(f"the score returned NaN or inf on the pilot batch at t_max = {process.t_max!r}")
+    c = float(torch.linalg.matrix_norm(x0 - x0.mean(0), ord=2)) ** 2 / (x.shape[0] - 1)
+    v = 0.5 * (c + math.sqrt(c * c + 4 * c * (sig / a) ** 2))
+    return max(math.sqrt(v), sig_min / a_min)
 
 
 def _grid_from_increments(process: Process, lam_ends: tuple, logits) -> Tensor:
@@ -44,8 +65,8 @@ def optimized(
     x: Tensor | Sequence[int],
     *,
     generator: torch.Generator | None = None,
-    inits: Sequence[Callable] = (uniform_log_snr, jump_log_snr, karras, uniform_t),
-    max_evals: int = 2000,
+    inits: Sequence[Callable] | None = None,
+    max_evals: int = 200,
     step: float = 0.3,
     huber: float = 0.9,
     rtol: float | None = None,
@@ -55,24 +76,28 @@ def optimized(
     """`steps` steps placed to minimise a deterministic sampler's error on a pilot batch (optimised time steps).
 
     The reference is the probability-flow ODE from the pilot prior samples x (or a shape to draw them from
-    `process.prior` with `generator`), solved by dopri5 to rtol/atol (1e-9 in float64, 1e-5 otherwise), then
+    `process.prior` with `generator`), solved by dopri5 to rtol/atol (1e-6 in float64, 1e-5 otherwise), then
     Tweedie's x0 at t_min, as every sampler ends. The interior times, parametrised by log-SNR increments, minimise
     the log of the mean Huber loss of ||sampler(x, ts) - reference||² (quadratic up to the `huber` quantile of the
     first applicable init grid's squared errors, so that pilots that cross between modes do not dominate) by
-    Nelder-Mead (first simplex: each log increment moved by `step`), started from the best of the `inits` grids;
+    Nelder-Mead (first simplex: each log increment moved by `step`), started from the best of the `inits` grids
+    (default: scaled_log_snr at the data scale estimated from x, uniform_log_snr, karras, uniform_t);
     in the spirit of Xue et al. 2024 ("Accelerating diffusion sampling with optimized time steps") and Sabour et
     al. 2024 ("Align Your Steps"). Only `score` is used, so it serves learned models as well as exact ones. Cost:
-    one ODE solve plus about max_evals sampler runs (max_evals * NFE score evaluations) on the pilot batch. Draw
+    one ODE solve (~100-250 evaluations) plus max_evals sampler runs (max_evals * NFE score evaluations) on the
+    pilot batch: 1-5 s for 1000 two- to sixteen-dimensional pilots at NFE 10 on one CPU thread. Draw
     the pilot batch independently of the samples you evaluate. A ValueError from the sampler on the first init
     grid (bad sampler_options, a non-finite score) is raised; later ones mark a grid as infeasible.
     """
     _check_options(steps, sampler, max_evals, huber, step, inits)
     if not isinstance(x, Tensor):
         x = process.prior(tuple(x), generator=generator, dtype=torch.float64)
+    if inits is None:
+        inits = (_scaled_grid(data_scale(score, process, x)), uniform_log_snr, karras, uniform_t)
     if steps < 2:  # no interior time to place
         return uniform_log_snr(process, steps)
     lam_ends = tuple(process.log_snr(torch.tensor([process.t_max, process.t_min], dtype=torch.float64)).tolist())
-    tol = 1e-9 if x.dtype == torch.float64 else 1e-5
+    tol = 1e-6 if x.dtype == torch.float64 else 1e-5
     ref = probability_flow(score, process, x, uniform_log_snr(process, 1), method="dopri5",
                            rtol=tol if rtol is None else rtol, atol=tol if atol is None else atol)
     dims = tuple(range(1, x.ndim))
@@ -121,6 +146,16 @@ def optimized(
     return check_grid(process, _grid_from_increments(process, lam_ends, logits))
 
 
+def _scaled_grid(scale: float) -> Callable:
+    """scaled_log_snr at this data scale, as a grid(process, steps)."""
+
+    def scaled_log_snr_(process: Process, steps: int) -> Tensor:
+        return scaled_log_snr(process, steps, scale)
+
+    scaled_log_snr_.__name__ = "scaled_log_snr"
+    return scaled_log_snr_
+
+
 def _check_options(steps, sampler, max_evals, huber, step, inits) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"the number of steps must be a non-negative integer, got {steps!r}")
@@ -132,7 +167,7 @@ def _check_options(steps, sampler, max_evals, huber, step, inits) -> None:
         raise ValueError(f"huber (a quantile) must be in (0, 1], got {huber!r}")
     if not step > 0:
         raise ValueError(f"step must be positive, got {step!r}")
-    if not inits or not all(callable(g) for g in inits):
+    if inits is not None and (not inits or not all(callable(g) for g in inits)):
         raise ValueError(f"inits must be grid functions grid(process, steps) such as schedules.karras; got {inits!r}")
 
 
