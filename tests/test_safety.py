@@ -181,12 +181,13 @@ def test_a_fresh_run_refuses_an_earlier_run_unless_told_to_overwrite(tmp_path, c
 
 
 # -- crash safety: SIGKILL at chosen points, resumed in another process ----------------------------------------------
-@pytest.mark.parametrize("kill, resumed_from", [("state:5", 28), ("latest:4", 21), ("log:7", 28)])
+@pytest.mark.parametrize("kill, resumed_from", [("state:5", 28), ("latest:4", 21), ("log:7", 28), ("prune:7", 60)])
 def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path, kill, resumed_from):
-    """Three trials of `python -m benchmarks.crash_safety` (which runs 20 in fresh interpreters): a forked training
+    """Four trials of `python -m benchmarks.crash_safety` (which runs 20 in fresh interpreters): a forked training
     process SIGKILLs itself after writing checkpoint 35's state.pt (before the rename publishes it), before `latest`
-    names checkpoint 28 (which is complete), or half-way through log line 35; this process takes over the dead
-    owner's lock, resumes, and ends identical to an uninterrupted run (weights, checkpoints, latest, log)."""
+    names checkpoint 28 (which is complete), half-way through log line 35, or before the last checkpoint's prune;
+    this process takes over the dead owner's lock, resumes, and ends identical to an uninterrupted run (weights,
+    kept checkpoints, latest, log)."""
     from benchmarks.crash_safety import config, differences, fork_child
 
     train(config(60), tmp_path / "ref", progress=False)

@@ -39,7 +39,7 @@ from ..score import ScoreFn, score_from
 from .config import TrainConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "Model", "load_model", "RunLock",
-           "RunLockedError", "truncate_log", "previous_run", "clear_run", "resume_config"]
+           "RunLockedError", "truncate_log", "previous_run", "clear_run", "resume_config", "tidy_checkpoints"]
 
 FORMAT = "scoresde-checkpoint-2"
 # Format 1 (scoresde/train.py) named the process, "ve" meaning VE(0.01, 10), called a network's prediction `output`
@@ -216,10 +216,25 @@ def save_checkpoint(run: str | Path, config: TrainConfig, net: nn.Module, ema: n
         shutil.rmtree(final)
     os.rename(tmp, final)
     _atomic_write_bytes(run / "latest", name.encode())
-    old = sorted(p for p in ckdir.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for p in old[:-config.keep]:
-        shutil.rmtree(p, ignore_errors=True)
+    _prune(ckdir, config.keep)
     return final
+
+
+def _prune(ckdir: Path, keep: int) -> None:
+    done = sorted(p for p in ckdir.glob("step_*") if p.is_dir() and _STEP_NAME.fullmatch(p.name))
+    for p in done[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def tidy_checkpoints(run: str | Path, step: int, keep: int) -> None:
+    """After resuming from checkpoint `step`, remove what a killed writer left: temporary directories, checkpoints
+    after `step` (complete, but written before `latest` moved to them: the resumed run writes them again) and
+    checkpoints beyond the newest `keep` (a prune cut short). Call it holding the run's lock."""
+    ckdir = Path(run) / "checkpoints"
+    for p in ckdir.glob("step_*"):
+        if p.is_dir() and (not _STEP_NAME.fullmatch(p.name) or int(p.name[5:]) > step):
+            shutil.rmtree(p)
+    _prune(ckdir, keep)
 
 
 def _read_meta(ckpt: Path) -> dict:

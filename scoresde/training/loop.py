@@ -43,7 +43,7 @@ from ..processes import Process, from_config
 from .._utils import check_memory
 from ..nets import activation_count, param_count
 from .checkpoint import (RunLock, clear_run, latest_checkpoint, load_checkpoint, load_training_state, previous_run,
-                         save_checkpoint, truncate_log)
+                         save_checkpoint, tidy_checkpoints, truncate_log)
 from .config import TrainConfig
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "TrainingInterrupted"]
@@ -273,6 +273,8 @@ def _setup(config: TrainConfig, ctx: _Dist, device: torch.device, out: Path | No
         _init_weights(config, net, ema)
     if resume:
         step, states, window = _resume(config, out, net, ema, opt, ctx.rank)
+        if ctx.main:
+            tidy_checkpoints(out, step, config.keep)
     config, gens = _streams(config, ctx, device, states)
     if out is not None and ctx.main:  # only process 0 writes
         out.mkdir(parents=True, exist_ok=True)
