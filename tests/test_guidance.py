@@ -176,13 +176,13 @@ def _guided_samples(mixture, kind, w, process=VP(), nfe=20):
     g = torch.Generator(device=DEVICE).manual_seed(0)
     x = process.prior((N, 2), generator=g)
     with torch.no_grad():
-        return spec(score, process, x, spec.grid_for(process, nfe), generator=g)
+        return spec(score, process, x, spec.grid_for(process, nfe, score=score), nfe=nfe, generator=g)
 
 
 @pytest.mark.parametrize("kind", ["cfg", "classifier"])
 def test_guided_sampling_at_w_one_samples_the_exact_conditional(kind):
-    """DPM-Solver++ at 20 NFE: share 1.0000 and SW2 0.0038 against a noise floor of 0.0055 (N = 4000); over
-    four seeds the ratio to the floor was 0.7-1.3."""
+    """DPM-Solver++ at 20 NFE (its default grid, scaled to the guided score): share 1.0000 and SW2 0.0037 against a
+    noise floor of 0.0055 (N = 4000; 0.0038 on uniform log-SNR, where four seeds gave 0.7-1.3 floors)."""
     mixture = toy_data.load("ring8")
     out = _guided_samples(mixture, kind, 1.0)
     assert out.shape == (N, 2) and out.dtype == torch.float32 and out.device.type == DEVICE.type
@@ -196,7 +196,7 @@ def test_guided_sampling_at_w_one_samples_the_exact_conditional(kind):
 @pytest.mark.parametrize("std", [0.1, 0.5], ids=["separated", "overlapping"])
 def test_share_in_the_wanted_class_grows_with_the_guidance_weight(std):
     """Measured shares at w = 0, 0.5, 1, 2, 4 (both kinds, identical samples):
-    std 0.1: 0.132, 0.551, 1.000, 1.000, 1.000;  std 0.5: 0.132, 0.427, 0.868, 1.000, 1.000
+    std 0.1: 0.132, 0.556, 1.000, 1.000, 1.000;  std 0.5: 0.132, 0.431, 0.876, 1.000, 1.000
     (the exact conditional's share at std 0.5 is 0.877: at w = 1 guidance samples p(x | y), above 1 it sharpens)."""
     mixture = toy_data.load("ring8", std=std)
     ws = [0.0, 0.5, 1.0, 2.0, 4.0]
