@@ -164,8 +164,8 @@ def trajectories(result: Comparison, score: ScoreFn, n: int = 64) -> dict[str, T
         g = torch.Generator(result.device).manual_seed(result.seed + 2)
         x = result.process.prior((n, *result.reference.shape[1:]), generator=g, device=result.device,
                                  dtype=result.reference.dtype)
-        SAMPLERS[name](score, result.process, x, result.grids[name, budgets[0]], generator=g, progress=False,
-                       callback=lambda info: pts.append(info["x"].cpu()))
+        SAMPLERS[name](score, result.process, x, result.grids[name, budgets[0]], nfe=budgets[0], generator=g,
+                       progress=False, callback=lambda info: pts.append(info["x"].cpu()))
         paths[f"{name} (NFE {budgets[0]})"] = torch.stack(pts)
     return paths
 
