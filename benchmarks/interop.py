@@ -230,24 +230,33 @@ def train_table(steps: int, batch: int = 128) -> list[dict]:
     return rows
 
 
-def peer_target(steps: int, n: int, out: str, batch: int = 128) -> dict:
-    """Train diffusers' recipe for `steps` steps, save it (save_pretrained: unet/, scheduler/) and measure its EMA
-    weights as scoresde measures its own digits models: evaluate_digits through interop (ancestral NFE 100)."""
+def peer_target(steps: int, n: int, out: str, batch: int = 128, evals: int = 1) -> list[dict]:
+    """Train diffusers' recipe for `steps` steps (its cosine lr schedule over those steps), save it (save_pretrained:
+    unet/, scheduler/) and measure its EMA weights as scoresde measures its own digits models: evaluate_digits
+    through interop (ancestral NFE 100, CFG w = 1), at `evals` evenly spaced points (the last on n samples, the
+    others on n // 2). Training seconds (wall and this process's CPU) exclude the evaluations."""
     from pathlib import Path
 
     from scoresde.evaluation.digits import evaluate_digits
 
     _, ema, sched, step = peer_recipe(batch, steps)
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    rows, wall, cpu = [], 0.0, 0.0
+    marks = {round(steps * (i + 1) / evals) for i in range(evals)}
+    for k in range(1, steps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
-    seconds = time.perf_counter() - t0
-    ema.save_pretrained(Path(out) / "unet")
-    sched.save_pretrained(Path(out) / "scheduler")
-    model = interop.from_diffusers(out, null_label=10)
-    res = evaluate_digits(model, n=n, sampler="ancestral", nfe=100)
-    return {"steps": steps, "batch": batch, "train_s": seconds, "images_per_s": steps * batch / seconds,
-            **{k: res[k] for k in ("accuracy", "fd", "fd_floor", "fd_ratio", "n")}}
+        wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
+        if k in marks:
+            ema.save_pretrained(Path(out) / "unet")
+            sched.save_pretrained(Path(out) / "scheduler")
+            model = interop.from_diffusers(out, null_label=10)
+            res = evaluate_digits(model, n=n if k == steps else n // 2, sampler="ancestral", nfe=100)
+            rows.append({"steps": k, "batch": batch, "train_s": wall, "train_cpu_s": cpu,
+                         "images_per_s": k * batch / wall,
+                         **{key: res[key] for key in ("accuracy", "fd", "fd_floor", "fd_ratio", "n")}})
+            print(f"diffusers' recipe, step {k}/{steps}, {wall:.0f} s ({cpu:.0f} s CPU): accuracy "
+                  f"{res['accuracy']:.4f}, FD / floor {res['fd_ratio']:.2f} (n = {res['n']})", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -259,6 +268,8 @@ def main() -> None:
                    "measure its accuracy and FD (the 99 %% digits target)")
     p.add_argument("--peer-n", type=int, default=1000, help="samples for --peer-steps' evaluation")
     p.add_argument("--peer-out", default="runs/diffusers_digits", help="where --peer-steps saves its model")
+    p.add_argument("--peer-evals", type=int, default=1, help="evaluations along --peer-steps (the last on --peer-n)")
+    p.add_argument("--name", default="interop", help="results file name")
     p.add_argument("--models", default="zero,unet8,unet32", help=f"comma-separated: {', '.join(MODELS)}")
     args = p.parse_args()
     rows = loop_table([m for m in args.models.split(",") if m], args.steps, args.repeats)
@@ -272,12 +283,9 @@ def main() -> None:
     train = train_table(args.train_steps) if args.train_steps else []
     for r in train:
         print(f"train {r['recipe']:10s} {r['parameters']:9d} parameters {r['images_per_s']:8.1f} images/s")
-    peer = peer_target(args.peer_steps, args.peer_n, args.peer_out) if args.peer_steps else {}
-    if peer:
-        print(f"diffusers' recipe, {peer['steps']} steps in {peer['train_s']:.0f} s: accuracy {peer['accuracy']:.4f}, "
-              f"FD / floor {peer['fd_ratio']:.2f} (n = {peer['n']}, ancestral NFE 100)")
+    peer = peer_target(args.peer_steps, args.peer_n, args.peer_out, evals=args.peer_evals) if args.peer_steps else []
     payload = {"steps": args.steps, "repeats": args.repeats, "loop": rows, "train": train, "peer_target": peer}
-    print(f"wrote {write_json('interop', payload)}")
+    print(f"wrote {write_json(args.name, payload)}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 from benchmarks._common import write_json
 from scoresde import CountEvals, DiscreteVP
 from scoresde import guidance as G
-from scoresde.evaluation.digits import load_digits_classifier
+from scoresde.evaluation.digits import digits_metrics, load_digits_classifier
 from scoresde.evaluation.inpaint import inpaint, inpaint_mask
 from scoresde.losses import DSMLoss
 from scoresde.nets import build_net
@@ -112,6 +112,37 @@ def gaussian_digits() -> GaussianMixture:
     return GaussianMixture(torch.full((10,), 0.1), means, covs, labels=range(10), event_shape=(1, 8, 8))
 
 
+def upper_half_ceiling(mask, seed: int = 0) -> dict:
+    """What an exact posterior sampler can keep: E[p(class | known pixels)] over the test digits, estimated by a
+    classifier of the known pixels alone (an MLP on the train split, its weight decay chosen by 5-fold
+    cross-validated log-loss on the train split). A sample of the exact posterior keeps the class with probability
+    p(true class | known pixels), so its kept share is about the mean of that; the classifier's accuracy is what
+    always answering the most probable class (no sampler) would keep."""
+    train, test = get_images("digits", split="train"), get_images("digits", split="test")
+    x, y, xt, yt = mask.A(train.images).flatten(1), train.labels, mask.A(test.images).flatten(1), test.labels
+
+    def fit_mlp(x, y, wd):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+        opt = torch.optim.Adam(net.parameters(), 1e-2, weight_decay=wd)
+        for _ in range(800):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return net.requires_grad_(False)
+
+    folds = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)) % 5
+    cv = {}
+    for wd in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2):
+        cv[wd] = sum(float(torch.nn.functional.cross_entropy(fit_mlp(x[folds != f], y[folds != f], wd)(
+            x[folds == f]), y[folds == f], reduction="sum")) for f in range(5)) / len(y)
+    wd = min(cv, key=cv.get)
+    p = fit_mlp(x, y, wd)(xt).softmax(1)
+    return {"weight_decay": wd, "cv_log_loss": cv[wd], "accuracy": float((p.argmax(1) == yt).double().mean()),
+            "mean_p_true": float(p[torch.arange(len(yt)), yt].double().mean())}
+
+
 def kept(clf, x: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.no_grad():
         return float((clf(x.float().clamp(-1, 1)).argmax(1) == labels).double().mean())
@@ -176,20 +207,26 @@ def main() -> None:
     exact = torch.cat([prior.condition(mask, mask.A(images[i:i + 1])[0], 0.0).sample(
         1, generator=torch.Generator().manual_seed(args.seed + i)) for i in range(len(images))])
     rows.append({"prior": "Gaussian digits", "method": "exact posterior samples", "kept": kept(clf, exact, labels)})
+    ceiling = upper_half_ceiling(mask, args.seed)
+    rows.append({"prior": "-", "method": "ceiling: mean p(class | upper half), an upper-half classifier",
+                 "kept": ceiling["mean_p_true"], **ceiling})
     for prior_name, prior_score, prior_process in [("Gaussian digits", prior.score_fn(process), process),
                                                    ("UNet", score, process)]:
         for name, (x, used, seconds) in run_methods(prior_score, prior_process, images, mask, args.nfe, args.seed,
                                                     keep).items():
             error = float((mask.A(x) - mask.A(images)).abs().max())
+            fd = digits_metrics(x.float().clamp(-1, 1), classifier=clf, seed=args.seed)
             rows.append({"prior": prior_name, "method": name, "nfe": used, "seconds": seconds,
-                         "kept": kept(clf, x, labels), "known_max_error": error})
+                         "kept": kept(clf, x, labels), "known_max_error": error, "fd": fd["fd"],
+                         "fd_ratio": fd["fd_ratio"]})
     print(f"Lower half of the {len(images)} held-out test digits inpainted; class kept by the digits CNN (test "
           f"accuracy {clf.test_accuracy:.4f})")
-    print("| prior | method | NFE | kept | max error on known pixels |\n|---|---|---|---|---|")
+    print("| prior | method | NFE | kept | FD / floor | max error on known pixels |\n|---|---|---|---|---|---|")
     for r in rows:
         nfe = r.get("nfe", "-")
         err = f"{r['known_max_error']:.2g}" if "known_max_error" in r else "-"
-        print(f"| {r['prior']} | {r['method']} | {nfe} | {r['kept']:.3f} | {err} |")
+        fd = f"{r['fd_ratio']:.2f}" if "fd_ratio" in r else "-"
+        print(f"| {r['prior']} | {r['method']} | {nfe} | {r['kept']:.3f} | {fd} | {err} |")
     command = "python -m benchmarks.inverse_digits " + " ".join(sys.argv[1:])
     path = write_json(args.name, {"command": command.strip(), "model": summary, "trained_here": trained is not None,
                                   "classifier_test_accuracy": clf.test_accuracy, "n": len(images), "rows": rows})

@@ -90,7 +90,7 @@ def main() -> None:
                       weighting=args.weighting, snr_gamma=args.snr_gamma, amp=args.amp,
                       seed=args.seed, checkpoint_every=0, log_every=25)
     rows = []
-    trained, images = 0.0, 0
+    trained, images, cpu = 0.0, 0, 0.0
     t_all = time.perf_counter()
     print(f"{'train s':>8s} {'step':>6s} {'img/s':>7s} {'loss':>7s} {'accuracy':>9s} {'FD':>7s} {'floor':>7s} "
           f"{'FD/floor':>8s}")
@@ -99,15 +99,16 @@ def main() -> None:
         k = 0
         while trained < args.budget - 1 and (not rows or rows[-1]["step"] < steps):
             chunk = min(args.eval_seconds, args.budget - trained)
+            c0 = time.process_time()
             res = train(cfg, run, resume=k > 0, max_seconds=chunk, progress=False)
-            trained += res.seconds
+            trained, cpu = trained + res.seconds, cpu + time.process_time() - c0
             images += len(res.losses) * args.batch
             k += 1
             model = load_model(run)
             last = trained >= args.budget - 1 or res.step >= steps
             ev = evaluate_digits(model, n=args.final_n if last else args.n, w=args.w, sampler=args.sampler,
                                  nfe=args.nfe, seed=args.seed, classifier=clf)
-            row = {"train_seconds": trained, "step": res.step, "images_per_s": images / trained,
+            row = {"train_seconds": trained, "train_cpu_seconds": cpu, "step": res.step, "images_per_s": images / trained,
                    "loss": sum(res.losses[-50:]) / max(1, len(res.losses[-50:])),
                    **{k2: v for k2, v in ev.items() if k2 != "classifier_test_accuracy"}}
             rows.append(row)

@@ -70,15 +70,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     samplers = None if args.samplers == "all" else [s.strip() for s in args.samplers.split(",")]
     check_writable(args.out, directory=True)
-    if args.diffusers is not None:  # an image model: seconds per image, sample grids, FD for digits
+    model = None if args.diffusers is None and args.checkpoint is None else _model(args)
+    if model is not None and len(model.event_shape) == 3:  # images: seconds per image, sample grids, FD for digits
         if args.grid or args.float64 or args.score_field or args.trajectories:
-            raise ValueError("--grid, --float64, --score-field and --trajectories are for point models, not --diffusers")
-        result = compare_images(_model(args), samplers, _csv(args.nfe, "--nfe"), n=args.n or 64, seed=args.seed)
-        print(result.table(f"{args.diffusers}"), *(f"skip {line}" for line in result.skipped), sep="\n")
+            raise ValueError("--grid, --float64, --score-field and --trajectories are for point models, not images")
+        result = compare_images(model, samplers, _csv(args.nfe, "--nfe"), n=args.n or 64, seed=args.seed)
+        print(result.table(f"{args.diffusers or args.checkpoint}"), *(f"skip {line}" for line in result.skipped),
+              sep="\n")
         print(f"wrote {', '.join(map(str, save_images(result, args.out)))}")
         return
-    if args.checkpoint is not None:
-        model = load_model(args.checkpoint, device=args.device)
+    if model is not None:
         process, name, score = model.process, model.config.data, model.score_fn()
         target = toy_data.load(name, root=model.config.data_root)
         source = f"learned score {model.config.net.get('name')} at step {model.step} ({args.checkpoint})"
@@ -158,7 +159,7 @@ def _model(args: argparse.Namespace):
     if getattr(args, "diffusers", None) is None:
         if getattr(args, "null_label", None) is not None:
             raise ValueError("--null-label is for --diffusers models (scoresde's own use their last label)")
-        return load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+        return load_model(args.checkpoint, device=args.device, ema=not getattr(args, "no_ema", False))
     if getattr(args, "no_ema", False):
         raise ValueError("--no-ema is for scoresde checkpoints; a diffusers folder holds one set of weights")
     return from_diffusers(args.diffusers, device=args.device, null_label=getattr(args, "null_label", None))

@@ -2,6 +2,7 @@
 command line, the cached digits classifier and the Fréchet distance it feeds."""
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -131,6 +132,14 @@ def test_cli_train_sample_evaluate_digits(tmp_path, capsys, classifier_cache):
     text = capsys.readouterr().out
     assert "class accuracy (CFG w = 1)" in text and "floor" in text and "test accuracy 0.9" in text
     assert "dpm_solver_pp NFE 6," in text  # measured by CountEvals: one network call per step at w = 1
+    assert main(["compare", "--checkpoint", str(run), "--samplers", "ddim,ancestral", "--nfe", "3,6", "--n", "20",
+                 "--device", str(DEVICE), "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "FD" in text and "accuracy" in text  # an image checkpoint goes to compare_images, measured as digits
+    records = json.loads((tmp_path / "cmp" / "results.json").read_text())["records"]
+    assert [(r["sampler"], r["nfe"]) for r in records] == [("ddim", 3), ("ddim", 6), ("ancestral", 3), ("ancestral", 6)]
+    assert all(0 <= r["accuracy"] <= 1 and r["fd"] > 0 for r in records)
+    assert (tmp_path / "cmp" / "samples_ancestral.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["evaluate", "--checkpoint", str(run), "--n", "1"]) != 0
     assert "at least 2" in capsys.readouterr().err
     ring = tmp_path / "ring"

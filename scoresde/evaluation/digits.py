@@ -26,6 +26,7 @@ __all__ = [
     "train_digits_classifier",
     "load_digits_classifier",
     "class_accuracy",
+    "digits_metrics",
     "evaluate_digits",
 ]
 
@@ -179,6 +180,30 @@ def _features(classifier: DigitsClassifier, x: Tensor) -> Tensor:
     return classifier.features(x.to(dev, torch.float32).clamp(-1, 1)).double().cpu()
 
 
+def digits_metrics(x: Tensor, labels: Tensor | None = None, *, classifier: DigitsClassifier | None = None,
+                   seed: int = 0) -> dict:
+    """Digits samples x (n, 1, 8, 8) in [-1, 1] measured as evaluate_digits measures them, whatever made them:
+    {"fd", "fd_floor", "fd_ratio", "classifier_test_accuracy"} and, given the intended labels, "accuracy". The
+    floor is the Fréchet distance of n real train digits (drawn with `seed`) to the same held-out test digits."""
+    from toy_data.images import get_images
+
+    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8) or x.shape[0] < 2:
+        raise ValueError(f"x must hold at least 2 digits of shape (1, 8, 8); got {tuple(x.shape)}")
+    classifier = load_digits_classifier() if classifier is None else classifier
+    n = x.shape[0]
+    train_set, test_set = get_images("digits", split="train"), get_images("digits", split="test")
+    ref = _features(classifier, test_set.images)
+    gr = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(len(train_set), generator=gr)[:n] if n <= len(train_set) else \
+        torch.randint(len(train_set), (n,), generator=gr)
+    fd = float(frechet_distance(_features(classifier, x), ref))
+    floor = float(frechet_distance(_features(classifier, train_set.images[idx]), ref))
+    out = {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "classifier_test_accuracy": classifier.test_accuracy}
+    if labels is not None:
+        out["accuracy"] = class_accuracy(classifier, x, labels)
+    return out
+
+
 def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_solver_pp", nfe: int = 20,
                     seed: int = 0, batch: int = 1000, classifier: DigitsClassifier | None = None,
                     return_samples: bool = False) -> dict:
@@ -191,7 +216,6 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
     from .. import guidance
     from ..score import CountEvals
     from .samples import sample_model
-    from toy_data.images import get_images
 
     if tuple(model.event_shape) != (1, 8, 8):
         raise ValueError(f"evaluate measures 8 x 8 digits; this model makes images of shape {model.event_shape}")
@@ -213,18 +237,8 @@ def evaluate_digits(model, n: int = 1000, w: float = 1.0, sampler: str = "dpm_so
                      progress=False)
     nfe = sum(c.nfe for c in nets)  # network evaluations of the last sampler call, measured
     seconds = time.perf_counter() - t0
-    train_set, test_set = get_images("digits", split="train"), get_images("digits", split="test")
-    ref = _features(classifier, test_set.images)
-    gr = torch.Generator().manual_seed(seed + 1)
-    idx = torch.randperm(len(train_set), generator=gr)[:n] if n <= len(train_set) else \
-        torch.randint(len(train_set), (n,), generator=gr)
-    fd = float(frechet_distance(_features(classifier, x), ref))
-    floor = float(frechet_distance(_features(classifier, train_set.images[idx]), ref))
-    out = {"n": n, "sampler": sampler, "nfe": nfe,
-           "w": w if conditional else None, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor,
-           "classifier_test_accuracy": classifier.test_accuracy, "seconds": seconds}
-    if conditional:
-        out["accuracy"] = class_accuracy(classifier, x, labels)
+    out = {"n": n, "sampler": sampler, "nfe": nfe, "w": w if conditional else None,
+           **digits_metrics(x, labels, classifier=classifier, seed=seed), "seconds": seconds}
     if return_samples:
         out["samples"] = x
     return out
