@@ -152,3 +152,19 @@ def test_cli_train_sample_evaluate_digits(tmp_path, capsys, classifier_cache):
     assert main(["train", "--data", "digits", "--net", "unet", "--amp", "--device", "meta",
                  "--out", str(tmp_path / "y")]) != 0
     assert "'meta'" in capsys.readouterr().err
+
+
+def test_digits_metrics_measures_any_samples(classifier_cache):
+    """digits_metrics (what evaluate_digits and the diffusers-loop benchmark share): the held-out digits with their
+    labels are classified at the classifier's test accuracy and lie at Fréchet distance 0 from themselves."""
+    from scoresde.evaluation.digits import digits_metrics
+    from toy_data.images import get_images
+
+    _, clf = classifier_cache
+    test = get_images("digits", split="test")
+    m = digits_metrics(test.images, test.labels, classifier=clf)
+    assert m["accuracy"] == pytest.approx(clf.test_accuracy, abs=1e-12)
+    assert abs(m["fd"]) < 1e-4 and m["fd_floor"] > 0.1 and m["fd_ratio"] == m["fd"] / m["fd_floor"]
+    assert "accuracy" not in digits_metrics(test.images[:10], classifier=clf)
+    with pytest.raises(ValueError, match=r"\(1, 8, 8\)"):
+        digits_metrics(test.images.flatten(1), classifier=clf)
