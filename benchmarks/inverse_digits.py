@@ -1,20 +1,23 @@
 """Issue 22 digits target: inpainting the lower half of the held-out test digits keeps the class (>= 95 %, by the
-cached digits CNN).
+cached digits CNN), with the Fréchet distance of the inpainted digits to the test digits.
 
-    python -m benchmarks.inverse_digits --keep runs/inverse_digits     # trains ~5 min of one core, then ~5 min
-    python -m benchmarks.inverse_digits --nfe 500 --methods repaint,replacement --name inverse_digits_nfe500
-    python -m benchmarks.inverse_digits --checkpoint runs/digits       # a model of the library's trainer instead
+    python -m benchmarks.inverse_digits --checkpoint runs/digits_f32   # a library run (its null label: unconditional)
+    python -m benchmarks.inverse_digits --keep runs/inverse_digits     # or train the minimal unconditional UNet here
+    python -m benchmarks.inverse_digits --checkpoint runs/digits_f32 --nfe 500 --methods repaint,replacement
 
-The model: an unconditional UNet (24 channels, (1, 2), DDPM-cosine, v-prediction; issue 6's recipe without labels)
-trained on the digits *train* split only, so the 359 test digits are unseen. The library's trainer is being
-rewritten (scoresde/train.py does not import in this tree), so --keep trains with the minimal loop below (DSMLoss,
-Adam with warm-up and cosine decay, EMA with warm-up, batch 128) and saves the EMA weights as safetensors.
+--checkpoint: a run of the library's trainer on the digits *train* split (benchmarks.train_digits --keep RUN: a
+class-conditional UNet with label dropout, so model.score_fn(None), its null label, is an unconditional score);
+the 359 test digits are unseen. --keep: an unconditional UNet (24 channels, (1, 2), DDPM-cosine, v-prediction)
+trained by the minimal loop below (DSMLoss, Adam with warm-up and cosine decay, EMA, batch 128).
 
-Every test digit is inpainted once per method at NFE <= 50 (measured); "kept" is the share classified as the
+Every test digit is inpainted once per method at NFE <= --nfe (measured); "kept" is the share classified as the
 digit's label. References: the classifier on the whole digits ("whole") and on the known upper half with the lower
-half set to the background, -1 ("masked"). The same methods also run on an exact prior, Gaussian digits (one full-
+half set to the background, -1 ("masked"). The ceiling: a sample of the exact posterior keeps the class with
+probability p(class | upper half), so no posterior sampler keeps more than its mean, estimated by a classifier of the
+upper halves alone (upper_half_ceiling). The same methods also run on an exact prior, Gaussian digits (one full-
 covariance Gaussian per class fitted to the train split, ridge 0.01), whose exact posterior samples give the
-"exact posterior" row. Writes benchmarks/results/<--name>.json.
+"exact posterior" row. FD / floor: the inpainted digits against the 359 test digits (which share their upper
+halves, so below the floor of independent real digits is possible). Writes benchmarks/results/<--name>.json.
 """
 
 from __future__ import annotations
