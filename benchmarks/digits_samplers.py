@@ -23,7 +23,7 @@ import torch
 
 from scoresde.evaluation.digits import digits_metrics, load_digits_classifier
 from scoresde.evaluation.images import compare_images
-from scoresde.score import predict
+from scoresde.score import CountEvals, predict
 from scoresde.training import load_model
 
 from ._common import write_json
@@ -65,6 +65,31 @@ def diffusers_run(model, name: str, steps: int, n: int, seed: int, classifier) -
             **digits_metrics(x, labels, classifier=classifier, seed=seed)}
 
 
+@torch.no_grad()
+def trailing_run(model, name: str, nfe: int, n: int, seed: int, classifier) -> dict:
+    """n digits from a scoresde sampler on diffusers' grid: the `nfe` "trailing" timesteps, t = (k + 1) / N from
+    t = 1 down (interop.grid_from_timesteps), and the final Tweedie step there; measured by digits_metrics."""
+    import diffusers
+
+    from scoresde import interop
+    from scoresde.samplers.registry import get_sampler
+
+    process = model.process
+    sched = diffusers.DDIMScheduler(num_train_timesteps=process.N, trained_betas=process.betas.numpy(),
+                                    timestep_spacing="trailing")
+    sched.set_timesteps(nfe)
+    ts = interop.grid_from_timesteps(process, sched.timesteps)
+    labels = torch.arange(n) % model.num_classes
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    counted = CountEvals(model.score_fn(labels))
+    x = get_sampler(name)(counted, process, torch.randn(n, *model.event_shape, generator=g), ts, generator=g,
+                          progress=False)
+    seconds = time.perf_counter() - t0
+    return {"sampler": f"{name} (trailing grid)", "nfe": counted.nfe, "seconds": seconds, "seconds_per_image": seconds / n,
+            **digits_metrics(x, labels, classifier=classifier, seed=seed)}
+
+
 def ladder(run, budgets: list[int]) -> list[dict]:
     """run(nfe) -> record at rising budgets until one passes."""
     records = []
@@ -84,8 +109,10 @@ def main() -> None:
     p.add_argument("--nfe", default="5,10,15,20,30,50,100,200", help="rising budgets")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--side", default="both", choices=["both", "scoresde", "diffusers"])
-    p.add_argument("--samplers", default=SAMPLERS)
+    p.add_argument("--side", default="both", choices=["both", "scoresde", "diffusers", "trailing"],
+                   help="trailing: scoresde's samplers on diffusers' trailing timesteps instead of their default grids")
+    p.add_argument("--samplers", default=SAMPLERS, help="scoresde's samplers (--side trailing: one evaluation per "
+                   "grid time, e.g. ancestral,ddim,dpm_solver_pp,unipc,euler)")
     p.add_argument("--schedulers", default=",".join(SCHEDULERS))
     p.add_argument("--name", default="digits_samplers", help="results file name")
     args = p.parse_args()
@@ -98,6 +125,10 @@ def main() -> None:
                 r = compare_images(model, [name], [nfe], n=args.n, seed=args.seed, progress=False).records[0]
                 return {**r, "sampler": name}
             rows[name] = ladder(run, budgets)
+    if args.side == "trailing":
+        for name in args.samplers.split(","):
+            rows[f"{name} (trailing grid)"] = ladder(
+                lambda nfe, name=name: trailing_run(model, name, nfe, args.n, args.seed, clf), budgets)
     if args.side in ("both", "diffusers"):
         for name in args.schedulers.split(","):
             rows[name] = ladder(lambda nfe, name=name: diffusers_run(model, name, nfe, args.n, args.seed, clf), budgets)

@@ -152,11 +152,20 @@ def _train_step_rate(step, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
-def peer_recipe(batch: int, total_steps: int, seed: int = 0):
+PEER_NETS = {  # UNet2DModel shapes for the peer recipe, class-conditional (num_class_embeds = 11)
+    # the issue's "equal parameter count": 396 697 parameters against scoresde's 410 017 (24 channels, (1, 2), one
+    # block per level like scoresde's; attention at the second level as in the standard recipe)
+    "equal": {"layers_per_block": 1, "block_out_channels": (24, 48), "norm_num_groups": 8},
+    # train_unconditional's shape scaled to 8 x 8: 1 003 137 parameters
+    "standard": {"layers_per_block": 2, "block_out_channels": (32, 64)},
+}
+
+
+def peer_recipe(batch: int, total_steps: int, seed: int = 0, net: str = "equal"):
     """diffusers' standard recipe (examples/unconditional_image_generation/train_unconditional.py defaults: DDPM
     1000 linear betas, eps MSE, AdamW lr 1e-4 betas (0.95, 0.999) weight decay 1e-6, 500 warm-up steps then cosine,
-    EMA with decay 1 - (1 + step)^-3/4 up to 0.9999), its UNet2DModel shape scaled to 8 x 8 (32, 64 channels,
-    attention at the second level), class-conditional by num_class_embeds = 11 (label 10: the CFG null class,
+    EMA with decay 1 - (1 + step)^-3/4 up to 0.9999), a UNet2DModel of PEER_NETS[net] with attention at the
+    second level, class-conditional by num_class_embeds = 11 (label 10: the CFG null class,
     dropped in for 10 % of the labels). Returns (net, ema, scheduler, step())."""
     import copy
 
@@ -165,9 +174,10 @@ def peer_recipe(batch: int, total_steps: int, seed: int = 0):
 
     data = toy_data.load("digits", split="train")
     torch.manual_seed(seed)
-    net = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=2,
-                                block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                up_block_types=("AttnUpBlock2D", "UpBlock2D"), num_class_embeds=11)
+    shape = PEER_NETS[net]
+    net = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, num_class_embeds=11,
+                                down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                up_block_types=("AttnUpBlock2D", "UpBlock2D"), **shape)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
@@ -230,7 +240,7 @@ def train_table(steps: int, batch: int = 128) -> list[dict]:
     return rows
 
 
-def peer_target(steps: int, n: int, out: str, batch: int = 128, evals: int = 1) -> list[dict]:
+def peer_target(steps: int, n: int, out: str, batch: int = 128, evals: int = 1, net: str = "equal") -> list[dict]:
     """Train diffusers' recipe for `steps` steps (its cosine lr schedule over those steps), save it (save_pretrained:
     unet/, scheduler/) and measure its EMA weights as scoresde measures its own digits models: evaluate_digits
     through interop (ancestral NFE 100, CFG w = 1), at `evals` evenly spaced points (the last on n samples, the
@@ -239,7 +249,7 @@ def peer_target(steps: int, n: int, out: str, batch: int = 128, evals: int = 1) 
 
     from scoresde.evaluation.digits import evaluate_digits
 
-    _, ema, sched, step = peer_recipe(batch, steps)
+    _, ema, sched, step = peer_recipe(batch, steps, net=net)
     rows, wall, cpu = [], 0.0, 0.0
     marks = {round(steps * (i + 1) / evals) for i in range(evals)}
     for k in range(1, steps + 1):
@@ -251,7 +261,8 @@ def peer_target(steps: int, n: int, out: str, batch: int = 128, evals: int = 1) 
             sched.save_pretrained(Path(out) / "scheduler")
             model = interop.from_diffusers(out, null_label=10)
             res = evaluate_digits(model, n=n if k == steps else n // 2, sampler="ancestral", nfe=100)
-            rows.append({"steps": k, "batch": batch, "train_s": wall, "train_cpu_s": cpu,
+            rows.append({"net": net, "parameters": sum(p.numel() for p in ema.parameters()), "steps": k,
+                         "batch": batch, "train_s": wall, "train_cpu_s": cpu,
                          "images_per_s": k * batch / wall,
                          **{key: res[key] for key in ("accuracy", "fd", "fd_floor", "fd_ratio", "n")}})
             print(f"diffusers' recipe, step {k}/{steps}, {wall:.0f} s ({cpu:.0f} s CPU): accuracy "
@@ -268,6 +279,8 @@ def main() -> None:
                    "measure its accuracy and FD (the 99 %% digits target)")
     p.add_argument("--peer-n", type=int, default=1000, help="samples for --peer-steps' evaluation")
     p.add_argument("--peer-out", default="runs/diffusers_digits", help="where --peer-steps saves its model")
+    p.add_argument("--peer-net", default="equal", choices=list(PEER_NETS), help="the peer's UNet2DModel: equal "
+                   "parameter count (default) or the standard recipe's shape")
     p.add_argument("--peer-evals", type=int, default=1, help="evaluations along --peer-steps (the last on --peer-n)")
     p.add_argument("--name", default="interop", help="results file name")
     p.add_argument("--models", default="zero,unet8,unet32", help=f"comma-separated: {', '.join(MODELS)}")
@@ -283,7 +296,8 @@ def main() -> None:
     train = train_table(args.train_steps) if args.train_steps else []
     for r in train:
         print(f"train {r['recipe']:10s} {r['parameters']:9d} parameters {r['images_per_s']:8.1f} images/s")
-    peer = peer_target(args.peer_steps, args.peer_n, args.peer_out, evals=args.peer_evals) if args.peer_steps else []
+    peer = peer_target(args.peer_steps, args.peer_n, args.peer_out, evals=args.peer_evals,
+                       net=args.peer_net) if args.peer_steps else []
     payload = {"steps": args.steps, "repeats": args.repeats, "loop": rows, "train": train, "peer_target": peer}
     print(f"wrote {write_json(args.name, payload)}")
 
