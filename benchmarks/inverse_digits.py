@@ -151,8 +151,10 @@ def kept(clf, x: torch.Tensor, labels: torch.Tensor) -> float:
         return float((clf(x.float().clamp(-1, 1)).argmax(1) == labels).double().mean())
 
 
-def run_methods(score, process, images, mask, nfe: int, seed: int, keep) -> dict[str, tuple[torch.Tensor, int, float]]:
-    """name -> (samples, NFE, seconds) for every method (whose name passes keep) on every image."""
+def run_methods(score, process, images, mask, nfe: int, seed: int, keep,
+                grid: str | None = None) -> dict[str, tuple[torch.Tensor, int, float]]:
+    """name -> (samples, NFE, seconds) for every method (whose name passes keep) on every image, each sampler on
+    its default grid or on `grid`."""
     out = {}
     y = mask.A(images)
     for name, method, sampler in [("repaint r=5, ancestral", "repaint", "ancestral"),
@@ -162,7 +164,7 @@ def run_methods(score, process, images, mask, nfe: int, seed: int, keep) -> dict
         if not keep(name):
             continue
         t0 = time.perf_counter()
-        x, used = inpaint(score, process, images, mask, method=method, sampler=sampler, nfe=nfe,
+        x, used = inpaint(score, process, images, mask, method=method, sampler=sampler, nfe=nfe, grid=grid,
                           generator=torch.Generator().manual_seed(seed))
         out[name] = (x, used, time.perf_counter() - t0)
     spec = get_sampler("ancestral")
@@ -171,7 +173,7 @@ def run_methods(score, process, images, mask, nfe: int, seed: int, keep) -> dict
         g = torch.Generator().manual_seed(seed)
         counted = CountEvals(score)
         x = process.prior(images.shape, generator=g, dtype=images.dtype)
-        x = spec(G.dps(counted, process, mask, y, zeta), process, x, spec.grid_for(process, nfe), generator=g)
+        x = spec(G.dps(counted, process, mask, y, zeta), process, x, spec.grid_for(process, nfe, grid), generator=g)
         out[f"dps zeta={zeta:g}, ancestral"] = (x, counted.nfe, time.perf_counter() - t0)
     return out
 
@@ -184,6 +186,7 @@ def main() -> None:
     p.add_argument("--max-seconds", type=float, default=900.0, help="training stops here at the latest")
     p.add_argument("--nfe", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", default=None, help="every sampler on this registry grid (default: each one's own)")
     p.add_argument("--methods", default="", help="comma-separated method-name prefixes (default: all)")
     p.add_argument("--name", default="inverse_digits")
     args = p.parse_args()
@@ -216,7 +219,7 @@ def main() -> None:
     for prior_name, prior_score, prior_process in [("Gaussian digits", prior.score_fn(process), process),
                                                    ("UNet", score, process)]:
         for name, (x, used, seconds) in run_methods(prior_score, prior_process, images, mask, args.nfe, args.seed,
-                                                    keep).items():
+                                                    keep, args.grid).items():
             error = float((mask.A(x) - mask.A(images)).abs().max())
             fd = digits_metrics(x.float().clamp(-1, 1), classifier=clf, seed=args.seed)
             rows.append({"prior": prior_name, "method": name, "nfe": used, "seconds": seconds,

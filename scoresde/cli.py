@@ -171,7 +171,7 @@ def _inpaint(args: argparse.Namespace, model) -> None:
 
     res = sample_inpainting(model.score_fn(None), model.process, model.event_shape, args.inpaint, args.observed,
                             n=args.n, method=args.inpaint_method, sampler=args.sampler or "ancestral",
-                            nfe=args.nfe or 50, seed=args.seed, out=args.out, device=args.device,
+                            nfe=args.nfe or 50, grid=args.grid, seed=args.seed, out=args.out, device=args.device,
                             digits=getattr(getattr(model, "config", None), "data", None) == "digits")
     kept = f"; class kept {res['class_kept']:.1%} (whole image {res['class_full']:.1%}, masked " \
            f"{res['class_masked']:.1%})" if "class_kept" in res else ""

@@ -374,6 +374,26 @@ def test_sample_inpainting_keeps_the_known_half_and_measures_the_class(tmp_path)
     assert all(f.is_file() for f in res["files"])
 
 
+def test_inpaint_runs_on_the_grid_it_is_given():
+    """inpaint(grid=...) (sample --inpaint --grid) runs RePaint on that registry grid, not the sampler's default."""
+    from scoresde.evaluation.inpaint import inpaint, inpaint_mask
+    from scoresde.samplers.registry import get_sampler
+    from toy_data.images import get_images
+
+    prior, process = _gaussian_digits(), VP()
+    score, mask = prior.score_fn(process), inpaint_mask("lower-half", (1, 8, 8))
+    observed = get_images("digits", split="test").images[:4].double()
+    x, nfe = inpaint(score, process, observed, mask, nfe=11, grid="uniform_t",
+                     generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    start = process.prior(observed.shape, generator=g, dtype=observed.dtype)
+    expected = G.repaint(get_sampler("ancestral"), mask, mask.A(observed), 5)(score, process, start,
+                                                                               uniform_t(process, 2), generator=g)
+    assert nfe == 11 and torch.equal(x, expected)
+    default, _ = inpaint(score, process, observed, mask, nfe=11, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(default, x)  # the default grid (uniform_log_snr here) is another one
+
+
 def test_inpainting_masks_and_observed_images_from_png(tmp_path):
     from PIL import Image
 

@@ -59,12 +59,13 @@ def read_observed(path: str | Path, event_shape: Sequence[int]) -> Tensor:
 
 
 def inpaint(score: ScoreFn, process: Process, observed: Tensor, mask: G.Mask, *, method: str = "repaint",
-            sampler: str = "ancestral", nfe: int = 50, resample: int = 5,
+            sampler: str = "ancestral", nfe: int = 50, resample: int = 5, grid: str | None = None,
             generator: torch.Generator | None = None) -> tuple[Tensor, int]:
     """One sample of x0 given the known pixels of each observed image (B, C, H, W); (samples, measured NFE).
 
     repaint: `resample` tries per step, (nfe - 1) // resample steps; replacement and pigdm (noiseless ΠGDM): nfe on
-    the sampler's default grid. The known pixels are kept exactly by repaint and replacement, approximately by pigdm.
+    the sampler's default grid, or on `grid` (a registry grid name). The known pixels are kept exactly by repaint
+    and replacement, approximately by pigdm.
     """
     if method not in METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose from {', '.join(METHODS)}")
@@ -74,13 +75,13 @@ def inpaint(score: ScoreFn, process: Process, observed: Tensor, mask: G.Mask, *,
     x = process.prior(observed.shape, generator=generator, dtype=observed.dtype).to(observed.device)
     g = generator if generator is None or generator.device == observed.device else None
     if method == "pigdm":
-        out = spec(G.pigdm(counted, process, mask, y, 0.0), process, x, spec.grid_for(process, nfe), generator=g,
-                   progress=False)
+        out = spec(G.pigdm(counted, process, mask, y, 0.0), process, x, spec.grid_for(process, nfe, grid),
+                   generator=g, progress=False)
     elif method == "replacement":
-        out = G.replacement(spec, mask, y)(counted, process, x, spec.grid_for(process, nfe), generator=g)
+        out = G.replacement(spec, mask, y)(counted, process, x, spec.grid_for(process, nfe, grid), generator=g)
     else:
         steps = (nfe - 1) // resample
-        ts = spec.grid_for(process, spec.evals_per_step * steps + spec.extra + 1)  # a grid of `steps` steps
+        ts = spec.grid_for(process, spec.evals_per_step * steps + spec.extra + 1, grid)  # a grid of `steps` steps
         out = G.repaint(spec, mask, y, resample)(counted, process, x, ts, generator=g)
     return out, counted.nfe
 
@@ -105,7 +106,8 @@ def _classes(classifier: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 def sample_inpainting(score: ScoreFn, process: Process, event_shape: Sequence[int], inpaint_spec: str | Path,
                       observed: str | Path | None = None, *, n: int | None = None, method: str = "repaint",
-                      sampler: str = "ancestral", nfe: int = 50, seed: int = 0, out: str | Path = "inpainted.png",
+                      sampler: str = "ancestral", nfe: int = 50, grid: str | None = None, seed: int = 0,
+                      out: str | Path = "inpainted.png",
                       digits: bool = False, device: str | torch.device = "cpu",
                       classifier: Callable[[Tensor], Tensor] | None = None) -> dict:
     """Inpaint, write the panel (and the samples as .pt), and for digits measure the class kept.
@@ -134,7 +136,8 @@ def sample_inpainting(score: ScoreFn, process: Process, event_shape: Sequence[in
         raise ValueError("--inpaint needs --observed IMAGE.png (held-out test images are built in for digits only)")
     images = images.to(device)
     g = torch.Generator(device=device).manual_seed(seed)
-    samples, used = inpaint(score, process, images, mask, method=method, sampler=sampler, nfe=nfe, generator=g)
+    samples, used = inpaint(score, process, images, mask, method=method, sampler=sampler, nfe=nfe, grid=grid,
+                            generator=g)
     title = f"{method}, {sampler}, NFE {used}"
     result = {"n": len(samples), "nfe": used, "method": method, "sampler": sampler, "samples": samples.cpu()}
     if digits:
