@@ -139,7 +139,8 @@ def test_cli_train_sample_evaluate_digits(tmp_path, capsys, classifier_cache):
     records = json.loads((tmp_path / "cmp" / "results.json").read_text())["records"]
     assert [(r["sampler"], r["nfe"]) for r in records] == [("ddim", 3), ("ddim", 6), ("ancestral", 3), ("ancestral", 6)]
     assert all(0 <= r["accuracy"] <= 1 and r["fd"] > 0 for r in records)
-    assert (tmp_path / "cmp" / "samples_ancestral.png").read_bytes()[:4] == b"\x89PNG"
+    for png in ("samples_ancestral.png", "fd_vs_nfe.png"):
+        assert (tmp_path / "cmp" / png).read_bytes()[:4] == b"\x89PNG"
     assert main(["evaluate", "--checkpoint", str(run), "--n", "1"]) != 0
     assert "at least 2" in capsys.readouterr().err
     ring = tmp_path / "ring"

@@ -262,6 +262,7 @@ def test_cli_sample_and_compare_a_diffusers_folder(saved, tmp_path, capsys, monk
     assert {r["sampler"] for r in records} == {"ddim", "annealed_langevin"} and all(r["nfe"] <= 5 for r in records)
     assert all(r["fd"] > 0 and r["seconds_per_image"] > 0 for r in records)
     assert (out / "samples_ddim.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "fd_vs_nfe.png").read_bytes()[:4] == b"\x89PNG"  # FD against NFE, one line per sampler
     for argv, needle in [(["sample", "--diffusers", "hub/model"], "not a local folder"),
                          (["sample", "--checkpoint", "x", "--diffusers", pipe], "not allowed with"),
                          (["compare", "--diffusers", pipe, "--grid", "karras"], "point models"),

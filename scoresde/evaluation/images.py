@@ -118,8 +118,9 @@ def compare_images(
 
 
 def save_images(result: ImageComparison, out: str | Path, *, per_row: int = 8) -> list[Path]:
-    """Write results.json and samples_<sampler>.png (a row of per_row samples per NFE budget) into `out`."""
-    from ..plotting import plot_image_grid
+    """Write results.json, samples_<sampler>.png (a row of per_row samples per NFE budget) and, for digits models,
+    fd_vs_nfe.png (Fréchet distance against measured NFE per sampler, its real-data floor dashed) into `out`."""
+    from ..plotting import plot_image_grid, plot_quality_vs_nfe
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,4 +132,7 @@ def save_images(result: ImageComparison, out: str | Path, *, per_row: int = 8) -
         grid = torch.cat([x[:k] for _, x in runs])
         title = f"{name}: rows NFE budget {', '.join(str(b) for b, _ in runs)}"
         written.append(plot_image_grid(grid, out / f"samples_{name}.png", title=title, nrow=k))
+    if any("fd" in r for r in result.records):
+        floor = sorted(r["fd_floor"] for r in result.records)[len(result.records) // 2]  # one n, one seed: one floor
+        written.append(plot_quality_vs_nfe(result.records, {"fd": floor}, ["fd"], out / "fd_vs_nfe.png"))
     return written
