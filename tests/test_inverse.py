@@ -392,6 +392,8 @@ def test_inpaint_runs_on_the_grid_it_is_given():
     assert nfe == 11 and torch.equal(x, expected)
     default, _ = inpaint(score, process, observed, mask, nfe=11, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(default, x)  # the default grid (uniform_log_snr here) is another one
+    with pytest.raises(ValueError, match="optimized"):
+        inpaint(score, process, observed, mask, nfe=11, grid="optimized")
 
 
 def test_inpainting_masks_and_observed_images_from_png(tmp_path):

@@ -64,11 +64,14 @@ def inpaint(score: ScoreFn, process: Process, observed: Tensor, mask: G.Mask, *,
     """One sample of x0 given the known pixels of each observed image (B, C, H, W); (samples, measured NFE).
 
     repaint: `resample` tries per step, (nfe - 1) // resample steps; replacement and pigdm (noiseless ΠGDM): nfe on
-    the sampler's default grid, or on `grid` (a registry grid name). The known pixels are kept exactly by repaint
-    and replacement, approximately by pigdm.
+    the sampler's registry grid made without the score (scaled_log_snr, the usual default, is then uniform_log_snr:
+    the prior score's data scale is not read here), or on `grid` (a registry grid name; not "optimized", which is
+    for unconditional sampling). The known pixels are kept exactly by repaint and replacement, approximately by pigdm.
     """
     if method not in METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; choose from {', '.join(METHODS)}")
+    if grid == "optimized":
+        raise ValueError("--grid optimized is fitted for unconditional sampling (scoresde compare), not inpainting")
     spec = get_sampler(sampler)
     y = mask.A(observed)
     counted = CountEvals(score)

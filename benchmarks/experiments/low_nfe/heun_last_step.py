@@ -3,7 +3,7 @@ sigma = 0); ours corrects every step, the last one dividing the data prediction'
 
     python -m benchmarks.experiments.low_nfe.heun_last_step
 
-For each NFE: heun as the registry runs it (uniform_log_snr, an odd budget's spare evaluation an Euler first step),
+For each NFE: heun as the registry runs it (uniform_log_snr, an even budget's spare evaluation an Euler first step),
 heun whose last step is Euler's (with and without the Euler first step), and euler; cells: log-density gap in
 standard errors / sliced W2 in floors (n = 20 000, VP, benchmarks._common.quality), [measured NFE].
 """
