@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 DIFFUSERS: list[str] = ["ddpm", "ddim", "dpmpp_2m", "euler", "euler_ancestral", "heun", "unipc", "lms"]
-KDIFFUSION: list[str] = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "lms"]
+KDIFFUSION: list[str] = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "lms"]
 
 # diffusers schedulers whose state lives in the VE scale and whose timesteps may be fractional
 EULER_TYPE = frozenset({"euler", "euler_ancestral", "heun", "lms"})
@@ -83,6 +83,7 @@ _K_FUNCS = {
     "dpm_2": "sample_dpm_2",
     "dpmpp_2m": "sample_dpmpp_2m",
     "dpmpp_2m_sde": "sample_dpmpp_2m_sde",
+    "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
     "lms": "sample_lms",
 }
 
@@ -357,7 +358,7 @@ def run_kdiffusion(
     kw = {"disable": True}
     if name == "dpmpp_2m_sde":  # the exact-integral ('heun') form, as scoresde's dpm_solver_pp_sde
         kw["solver_type"] = "heun"
-    if name in ("euler_ancestral", "dpmpp_2m_sde") and generator is not None:
+    if name in ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde") and generator is not None:
         kw["noise_sampler"] = lambda s, s_next: torch.randn(
             x_T.shape, generator=generator, dtype=dtype, device=device
         )

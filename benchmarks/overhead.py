@@ -28,7 +28,7 @@ PAIRS = {
     "euler": [("k-diffusion", "euler"), ("diffusers", "euler")],
     "heun": [("k-diffusion", "heun"), ("diffusers", "heun")],
     "dpm_solver_pp": [("k-diffusion", "dpmpp_2m"), ("diffusers", "dpmpp_2m")],
-    "dpm_solver_pp_sde": [("k-diffusion", "dpmpp_2m_sde")],
+    "dpm_solver_pp_sde": [("k-diffusion", "dpmpp_3m_sde")],
     "ddim": [("diffusers", "ddim")],
     "ancestral": [("diffusers", "ddpm"), ("k-diffusion", "euler_ancestral")],
 }

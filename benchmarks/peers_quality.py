@@ -52,6 +52,10 @@ ROWS = [
     ("scoresde ancestral_analytic", ("ours", "ancestral_analytic")),
     ("diffusers ddpm", ("diffusers", "ddpm")),
     ("k-diffusion euler_ancestral", ("k-diffusion", "euler_ancestral")),
+    ("scoresde dpm_solver_pp_sde", ("ours", "dpm_solver_pp_sde")),  # SDE-DPM-Solver++(3M)
+    ("scoresde dpm_solver_pp_sde order=2", ("ours", "dpm_solver_pp_sde:order=2")),
+    ("k-diffusion dpmpp_3m_sde", ("k-diffusion", "dpmpp_3m_sde")),
+    ("k-diffusion dpmpp_2m_sde", ("k-diffusion", "dpmpp_2m_sde")),
     ("exact samples", ("exact", "")),  # a perfect sampler: what the cells read at the floor
 ]
 

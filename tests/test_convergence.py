@@ -138,7 +138,7 @@ def test_one_step_closed_forms():
     assert not torch.allclose(sde, want, atol=1e-3)
 
 
-# -- SDE-DPM-Solver++(2M) ---------------------------------------------------------------------------------------------
+# -- SDE-DPM-Solver++(3M) ---------------------------------------------------------------------------------------------
 
 
 def test_dpm_solver_pp_sde_first_order_is_the_ancestral_sampler_and_eta_zero_the_ode():
@@ -156,8 +156,10 @@ def test_dpm_solver_pp_sde_first_order_is_the_ancestral_sampler_and_eta_zero_the
 
 
 def test_dpm_solver_pp_sde_is_within_the_floors_of_an_exact_mixture_at_nfe_30():
-    """aniso under VP, n = 10000, on its default grid: -1.0 / -0.5 / -1.9 se and 1.19 / 1.24 / 1.26 floors (seeds
-    0 / 1 / 2); ancestral at the same NFE and grid is +10 se / 4.1 floors (+25 se / 4.2 on uniform_t)."""
+    """aniso under VP, n = 10000, on its default grid (order 3): -0.3 / +0.4 / -0.9 se and 1.18 / 1.48 / 1.67 floors
+    (seeds 0 / 1 / 2; order 2: -1.0 / -0.5 / -1.9 se, 1.19 / 1.24 / 1.26); ancestral at the same NFE and grid is +10
+    se / 4.1 floors (+25 se / 4.2 on uniform_t). The SW2 ratio is noisy at this n: exact samples read 1.07-2.39
+    floors over ten seeds, so the gap is the sharp half of this test."""
     target, process, n = toy_data.load("aniso"), VP(), 10000
     spec = SAMPLERS["dpm_solver_pp_sde"]
     ref = target.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
@@ -175,8 +177,8 @@ def test_dpm_solver_pp_sde_is_within_the_floors_of_an_exact_mixture_at_nfe_30():
 def test_dpm_solver_pp_sde_bad_input():
     target, process = toy_data.load("ring8"), VP()
     x, ts = process.prior((4, 2)), uniform_log_snr(process, 3)
-    for order in (0, 3, True):
-        with pytest.raises(ValueError, match=f"order must be 1 or 2, got {order!r}"):
+    for order in (0, 4, True):
+        with pytest.raises(ValueError, match=f"order must be 1, 2 or 3, got {order!r}"):
             dpm_solver_pp_sde(target.score_fn(process), process, x, ts, order=order)
     for eta in (-0.1, float("nan")):
         with pytest.raises(ValueError, match="eta must be a non-negative finite number"):

@@ -30,7 +30,7 @@ from scoresde.cli import main
 from scoresde.evaluation import compare_images, images, sample_model, save_images
 from scoresde.evaluation.digits import DigitsClassifier
 from scoresde.processes import EDM
-from scoresde.samplers import ancestral, ddim, dpm_solver_pp, euler, heun
+from scoresde.samplers import ancestral, ddim, dpm_solver_pp, dpm_solver_pp_sde, euler, heun
 
 from .conftest import DEVICE
 
@@ -367,3 +367,26 @@ def test_edm_samplers_are_k_diffusions(steps):
         theirs = ks.sample_heun(denoiser, x, sigmas, s_churn=2.0 * (steps + 1) / steps, disable=True, **churn)
     assert _rel(ours, theirs) < 1e-12
     assert _rel(ours, heun(score, process, x, ts)) > 1e-3  # the churn did something
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_solver_pp_sde_is_k_diffusions(order):
+    """dpm_solver_pp_sde of order 2 / 3 on the Karras grid ts equals k-diffusion's sample_dpmpp_2m_sde ('heun' form) /
+    sample_dpmpp_3m_sde on sigmas = ts + [0] with the same normal draws: their step to sigma = 0 returns the
+    denoiser's output, our final Tweedie step at sigma_min."""
+    ks = _k_sampling()
+    _, denoiser = _ring8_denoiser()
+    score, process = interop.from_edm(denoiser, 0.002, 80.0)
+    ts = schedules.karras(process, 9)
+    sigmas = torch.cat([ts, ts.new_zeros(1)]).to(DEVICE)
+    x = 80 * torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
+    g = torch.Generator(DEVICE).manual_seed(11)
+    z = [torch.randn(x.shape, generator=g, device=DEVICE, dtype=torch.float64) for _ in range(9)]
+    draws = iter(z)
+    theirs = (ks.sample_dpmpp_3m_sde(denoiser, x, sigmas, disable=True, noise_sampler=lambda s, t: next(draws))
+              if order == 3 else ks.sample_dpmpp_2m_sde(denoiser, x, sigmas, disable=True, solver_type="heun",
+                                                         noise_sampler=lambda s, t: next(draws)))
+    ours = dpm_solver_pp_sde(score, process, x, ts, order=order, noise=lambda i, y: z[i])
+    assert _rel(ours, theirs) < 1e-12
+    lower = dpm_solver_pp_sde(score, process, x, ts, order=order - 1, noise=lambda i, y: z[i])
+    assert _rel(ours, lower) > 1e-4  # the order matters on this grid
