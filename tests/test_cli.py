@@ -46,13 +46,15 @@ def test_compare_writes_table_json_and_pngs(tmp_path, capsys):
     import json
 
     out = tmp_path / "cmp"
-    code = main(["compare", "--samplers", "ddim,heun", "--nfe", "5,12", "--n", "300", "--pairwise-n", "200",
+    code = main(["compare", "--samplers", "ddim,heun", "--nfe", "5,15", "--n", "300", "--pairwise-n", "200",
                  "--out", str(out), "--trajectories"])
     assert code == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "noise floor" in text and "ddim" in text and "heun" in text
+    assert "skip heun at NFE 5: heun needs NFE >= 15" in captured.err  # a budget heun refuses is listed, not run
     data = json.loads((out / "results.json").read_text())
-    assert {(r["sampler"], r["nfe"]) for r in data["records"]} == {("ddim", 5), ("ddim", 12), ("heun", 5), ("heun", 12)}
+    assert {(r["sampler"], r["nfe"]) for r in data["records"]} == {("ddim", 5), ("ddim", 15), ("heun", 15)}
     for png in ("samples.png", "quality_vs_nfe.png", "trajectories.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -80,14 +82,14 @@ def test_compare_harness_returns_measured_records():
     from scoresde.metrics import energy_distance, log_density_gap, mmd, sliced_wasserstein
 
     ring = toy_data.load("ring8")
-    res = compare(ring, VP(), ["dpm_solver_pp", "heun"], [9], n=200, pairwise_n=100, seed=3, device=DEVICE)
+    res = compare(ring, VP(), ["dpm_solver_pp", "heun"], [17], n=200, pairwise_n=100, seed=3, device=DEVICE)
     assert [(r["sampler"], r["budget"], r["nfe"], r["grid"]) for r in res.records] == \
-        [("dpm_solver_pp", 9, 9, "scaled_log_snr"), ("heun", 9, 9, "uniform_log_snr")]
+        [("dpm_solver_pp", 17, 17, "scaled_log_snr"), ("heun", 17, 17, "uniform_log_snr")]
     assert res.metrics == ("sliced_wasserstein", "mmd", "energy_distance", "logp_gap") and res.skipped == []
     ref = res.reference
     assert ref.shape == (200, 2) and set(res.floors) == {*res.metrics, "logp_gap_se"}
     for r in res.records:
-        x = res.samples[r["sampler"], 9]
+        x = res.samples[r["sampler"], 17]
         assert x.shape == (200, 2) and torch.isfinite(x).all()
         assert r["sliced_wasserstein"] == float(sliced_wasserstein(x, ref))
         assert r["mmd"] == float(mmd(x, ref, max_n=100))

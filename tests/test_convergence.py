@@ -96,7 +96,21 @@ def _one_step_budget(name: str) -> int:
     return next(b for b in range(2, 10) if SAMPLERS[name].steps_for(b) == 1)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_heun_one_step_is_defined_though_the_registry_refuses_its_budget():
+    """The registry refuses heun budgets below 15 (erratic there); the function still takes any grid: one step from
+    t_max to t_min costs 2 evaluations and the final one (1 + 1 with euler_first)."""
+    target, process = toy_data.load("ring8"), VP()
+    ts = uniform_log_snr(process, 1)
+    x = process.prior((50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    for euler_first, nfe in ((False, 3), (True, 2)):
+        counted = CountEvals(target.score_fn(process))
+        out = SAMPLERS["heun"].fn(counted, process, x, ts, euler_first=euler_first)
+        assert counted.nfe == nfe and out.shape == x.shape and bool(torch.isfinite(out).all())
+    with pytest.raises(ValueError, match="heun needs NFE >= 15"):
+        SAMPLERS["heun"].grid_for(process, 3)
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLERS if n != "heun"])
 def test_one_step_spends_its_budget_and_ends_at_t_min(name):
     target, process = toy_data.load("ring8"), VP()
     spec = SAMPLERS[name]
@@ -127,9 +141,11 @@ def test_one_step_closed_forms():
     d0 = (x + s0**2 * score(x, t[0])) / a0
     x1 = (s1 / s0) * x + a1 * (1 - (a0 * s1) / (a1 * s0)) * d0  # exp(-h) = (alpha_0 sigma_1) / (alpha_1 sigma_0)
     want = (x1 + s1**2 * score(x1, t[1])) / a1
-    for name in ("ddim", "euler", "dpm_solver_pp", "heun"):
-        got = SAMPLERS[name](score, process, x, ts, nfe=2)  # heun at NFE 2: its one step is Euler's
+    for name in ("ddim", "euler", "dpm_solver_pp"):
+        got = SAMPLERS[name](score, process, x, ts, nfe=2)
         assert torch.allclose(got, want, rtol=1e-9, atol=1e-10), name
+    got = SAMPLERS["heun"].fn(score, process, x, ts, euler_first=True)  # heun's one Euler first step
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-10)
     assert torch.allclose(unipc(score, process, x, ts, corrector=False), want, rtol=1e-9, atol=1e-10)
     table = torch.randn(4, 40, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
     noise = lambda k, y: table[k]  # noqa: E731

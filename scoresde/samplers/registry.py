@@ -123,8 +123,18 @@ class SamplerSpec:
         return self.fn(score, process, x, ts, **{**options, **kw})
 
 
+HEUN_MIN_NFE = 15  # 7 Heun steps: below, heun's quality is erratic in its budget (RESULTS_samplers.md)
+
+
 def _heun_plan(nfe: int, euler_first: bool | None = None, **_) -> tuple[int, dict, int]:
-    """Heun steps and the final evaluation; an even budget's spare evaluation makes the first step Euler's."""
+    """Heun steps and the final evaluation; an even budget's spare evaluation makes the first step Euler's.
+
+    Budgets below HEUN_MIN_NFE are refused: with fewer than 7 steps over a VP or EDM noise range each step divides
+    sigma/alpha by more than ~4, and Heun's trapezoid corrector (in sigma/alpha) then makes the result erratic in
+    the budget rather than better with it (measured on every grid tried: uniform_log_snr, scaled_log_snr, karras)."""
+    if nfe < HEUN_MIN_NFE:
+        raise ValueError(f"heun needs NFE >= {HEUN_MIN_NFE} (7 Heun steps), got NFE = {nfe}: with fewer steps its "
+                         f"quality does not improve with the budget; below it use euler, dpm_solver_pp or unipc")
     if euler_first is None:
         euler_first = nfe % 2 == 0
     steps = (nfe - 1 + euler_first) // 2
