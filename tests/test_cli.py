@@ -52,7 +52,7 @@ def test_compare_writes_table_json_and_pngs(tmp_path, capsys):
     captured = capsys.readouterr()
     text = captured.out
     assert "noise floor" in text and "ddim" in text and "heun" in text
-    assert "skip heun at NFE 5: heun needs NFE >= 15" in captured.err  # a budget heun refuses is listed, not run
+    assert "skip heun at NFE 5: heun needs NFE >= 15, got NFE = 5" in captured.err  # a budget heun refuses is listed, not run
     data = json.loads((out / "results.json").read_text())
     assert {(r["sampler"], r["nfe"]) for r in data["records"]} == {("ddim", 5), ("ddim", 15), ("heun", 15)}
     for png in ("samples.png", "quality_vs_nfe.png", "trajectories.png"):

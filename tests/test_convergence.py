@@ -96,21 +96,26 @@ def _one_step_budget(name: str) -> int:
     return next(b for b in range(2, 10) if SAMPLERS[name].steps_for(b) == 1)
 
 
-def test_heun_one_step_is_defined_though_the_registry_refuses_its_budget():
-    """The registry refuses heun budgets below 15 (erratic there); the function still takes any grid: one step from
-    t_max to t_min costs 2 evaluations and the final one (1 + 1 with euler_first)."""
+@pytest.mark.parametrize("name, evals", [("heun", 2), ("probability_flow", 4)])
+def test_one_step_is_defined_where_the_registry_refuses_the_budget(name, evals):
+    """The registry refuses heun budgets below 15 and probability_flow's below 21 (erratic there); the functions still
+    take any grid: one step from t_max to t_min costs the method's evaluations per step and the final one."""
     target, process = toy_data.load("ring8"), VP()
+    spec = SAMPLERS[name]
     ts = uniform_log_snr(process, 1)
     x = process.prior((50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
-    for euler_first, nfe in ((False, 3), (True, 2)):
+    counted = CountEvals(target.score_fn(process))
+    out = spec.fn(counted, process, x, ts)
+    assert counted.nfe == evals + 1 and out.shape == x.shape and bool(torch.isfinite(out).all())
+    if name == "heun":  # with euler_first its one step is Euler's: one evaluation
         counted = CountEvals(target.score_fn(process))
-        out = SAMPLERS["heun"].fn(counted, process, x, ts, euler_first=euler_first)
-        assert counted.nfe == nfe and out.shape == x.shape and bool(torch.isfinite(out).all())
-    with pytest.raises(ValueError, match="heun needs NFE >= 15"):
-        SAMPLERS["heun"].grid_for(process, 3)
+        spec.fn(counted, process, x, ts, euler_first=True)
+        assert counted.nfe == 2
+    with pytest.raises(ValueError, match=f"{name} needs NFE >= {spec.min_nfe}"):
+        spec.grid_for(process, evals + 1)
 
 
-@pytest.mark.parametrize("name", [n for n in SAMPLERS if n != "heun"])
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.min_nfe == 1])
 def test_one_step_spends_its_budget_and_ends_at_t_min(name):
     target, process = toy_data.load("ring8"), VP()
     spec = SAMPLERS[name]

@@ -11,7 +11,7 @@ from scoresde import VE, VP, DiscreteVP, CountEvals
 from scoresde.processes import EDM
 from scoresde.metrics import sliced_wasserstein
 from scoresde.samplers import analytic_x0_var, ancestral, ancestral_analytic, ddim, dpm_solver_pp, euler, heun, langevin, probability_flow
-from scoresde.samplers.registry import HEUN_MIN_NFE, SAMPLERS, get_sampler
+from scoresde.samplers.registry import SAMPLERS, get_sampler
 from scoresde.samplers.tuning import pilot_batch
 from scoresde.schedules import karras, scaled_log_snr, uniform_log_snr, uniform_t
 from toy_data import GaussianMixture
@@ -140,7 +140,7 @@ def _caller_noise(rows: int, draws: int = 64):
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch(name):
     target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
-    nfe = max(12, HEUN_MIN_NFE) if name == "heun" else 12
+    nfe = max(12, spec.min_nfe)
     ts = spec.grid_for(process, nfe, score=target.score_fn(process))
     noise = _caller_noise(nfe)
     x = process.prior((12, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
@@ -153,12 +153,13 @@ def test_a_sample_does_not_depend_on_the_rest_of_the_batch(name):
 def test_same_generator_same_samples_and_float64(name):
     target, process = toy_data.load("ring8"), VE(0.01, 10.0)
     spec = get_sampler(name)
-    ts = spec.grid_for(process, 15, score=target.score_fn(process))
+    nfe = max(15, spec.min_nfe)
+    ts = spec.grid_for(process, nfe, score=target.score_fn(process))
     outs = []
     for _ in range(2):
         g = torch.Generator(device=DEVICE).manual_seed(7)
         x = process.prior((50, 2), generator=g, dtype=torch.float64)
-        outs.append(spec(target.score_fn(process), process, x, ts, nfe=15, generator=g))
+        outs.append(spec(target.score_fn(process), process, x, ts, nfe=nfe, generator=g))
     assert outs[0].dtype == torch.float64 and torch.equal(outs[0], outs[1])
 
 
@@ -240,8 +241,8 @@ def test_count_evals_matches_the_documented_nfe(name, nfe):
     try:
         ts = spec.grid_for(process, nfe, score=target.score_fn(process))
     except ValueError as e:
-        if name == "heun":  # heun refuses budgets in which it is erratic
-            assert f"heun needs NFE >= {HEUN_MIN_NFE}" in str(e) and nfe < HEUN_MIN_NFE
+        if nfe < spec.min_nfe:  # heun and probability_flow refuse budgets in which they are erratic
+            assert f"{name} needs NFE >= {spec.min_nfe}, got NFE = {nfe}" in str(e)
             return
         assert "too small" in str(e) and nfe < spec.evals_per_step + spec.extra + 1
         return
@@ -296,8 +297,11 @@ def test_bad_grids_and_budgets():
         ddim(score, process, x, torch.tensor([1.5, 0.3], dtype=torch.float64))
     with pytest.raises(ValueError, match="NFE must be a positive integer, got 0"):
         get_sampler("heun").steps_for(0)
-    with pytest.raises(ValueError, match="heun needs NFE >= 15 .7 Heun steps., got NFE = 14"):
+    with pytest.raises(ValueError, match="heun needs NFE >= 15, got NFE = 14"):
         get_sampler("heun").steps_for(14)
+    with pytest.raises(ValueError, match="probability_flow needs NFE >= 21, got NFE = 20"):
+        get_sampler("probability_flow").steps_for(20)
+    assert get_sampler("probability_flow").budget(21)[0] == 5
     assert get_sampler("heun").budget(15) == (7, {"euler_first": False}, 15)
     assert get_sampler("heun").budget(16) == (8, {"euler_first": True}, 16)
     with pytest.raises(ValueError, match="NFE = 1 is too small for annealed_langevin: it needs at least 2"):
@@ -342,7 +346,7 @@ def test_zero_steps_is_the_grid_t_max_for_every_grid(process):
 def test_nfe_one_returns_tweedie_at_t_max_not_the_prior_noise(name):
     target, process = toy_data.load("ring8"), VP()
     spec = get_sampler(name)
-    ts = uniform_log_snr(process, 0) if name == "heun" else spec.grid_for(process, 1, score=target.score_fn(process))
+    ts = uniform_log_snr(process, 0) if spec.min_nfe > 1 else spec.grid_for(process, 1, score=target.score_fn(process))
     x = process.prior((500, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
     score = CountEvals(target.score_fn(process))
     out = spec(score, process, x, ts)

@@ -1,7 +1,7 @@
 """The sampler x NFE harness: samplers on one score at several NFE budgets, each run measured against exact samples
 next to the noise floor (the same metrics between two independent exact sample sets of the same size).
 
-    result = compare(toy_data.load("ring8"), VP(), ["ddim", "heun"], [10, 20])
+    result = compare(toy_data.load("ring8"), VP(), ["ddim", "heun"], [15, 30])
     print(result.table()); save(result, "runs/compare")
 """
 

@@ -35,7 +35,10 @@ Plan = Callable[..., tuple[int, dict, int]]  # (NFE budget, **fixed options) -> 
 class SamplerSpec:
     """A sampler with its default grid and its cost per step: NFE = evals_per_step * steps + extra + 1, or, for a
     sampler whose options depend on the budget, `plan(budget, **options) -> (steps, options, NFE spent)` (an option
-    fixed in `options` is kept, and the plan spends the budget around it)."""
+    fixed in `options` is kept, and the plan spends the budget around it). Budgets below `min_nfe` are refused: the
+    multi-stage one-step methods (heun, probability_flow's rk4) are erratic in their budget with fewer steps, each
+    of which then divides sigma/alpha by a large factor (measured on every grid tried, RESULTS_samplers.md); the
+    functions themselves take any grid."""
 
     fn: Callable
     grid: str
@@ -44,6 +47,7 @@ class SamplerSpec:
     deterministic: bool = False
     options: dict = field(default_factory=dict)
     plan: Plan | None = None
+    min_nfe: int = 1
 
     @property
     def name(self) -> str:
@@ -54,6 +58,10 @@ class SamplerSpec:
         evaluation, fits in it."""
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
             raise ValueError(f"NFE must be a positive integer, got {nfe!r}")
+        if nfe < self.min_nfe:
+            raise ValueError(f"{self.name} needs NFE >= {self.min_nfe}, got NFE = {nfe}: with fewer steps its quality "
+                             f"is erratic in the budget rather than better with it; below it use euler, dpm_solver_pp "
+                             f"or unipc")
         if self.plan is not None:
             steps, options, spent = self.plan(nfe, **self.options)
         else:
@@ -123,18 +131,8 @@ class SamplerSpec:
         return self.fn(score, process, x, ts, **{**options, **kw})
 
 
-HEUN_MIN_NFE = 15  # 7 Heun steps: below, heun's quality is erratic in its budget (RESULTS_samplers.md)
-
-
 def _heun_plan(nfe: int, euler_first: bool | None = None, **_) -> tuple[int, dict, int]:
-    """Heun steps and the final evaluation; an even budget's spare evaluation makes the first step Euler's.
-
-    Budgets below HEUN_MIN_NFE are refused: with fewer than 7 steps over a VP or EDM noise range each step divides
-    sigma/alpha by more than ~4, and Heun's trapezoid corrector (in sigma/alpha) then makes the result erratic in
-    the budget rather than better with it (measured on every grid tried: uniform_log_snr, scaled_log_snr, karras)."""
-    if nfe < HEUN_MIN_NFE:
-        raise ValueError(f"heun needs NFE >= {HEUN_MIN_NFE} (7 Heun steps), got NFE = {nfe}: with fewer steps its "
-                         f"quality does not improve with the budget; below it use euler, dpm_solver_pp or unipc")
+    """Heun steps and the final evaluation; an even budget's spare evaluation makes the first step Euler's."""
     if euler_first is None:
         euler_first = nfe % 2 == 0
     steps = (nfe - 1 + euler_first) // 2
@@ -156,10 +154,10 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec(predictor_corrector, "scaled_log_snr", evals_per_step=2),
     SamplerSpec(annealed_langevin, "scaled_log_snr", plan=_annealed_langevin_plan),
     SamplerSpec(dpm_solver_pp_sde, "scaled_log_snr"),
-    SamplerSpec(probability_flow, "uniform_log_snr", evals_per_step=4, deterministic=True),
+    SamplerSpec(probability_flow, "uniform_log_snr", evals_per_step=4, deterministic=True, min_nfe=21),  # 5 rk4 steps
     SamplerSpec(ddim, "scaled_log_snr", deterministic=True),
     SamplerSpec(euler, "scaled_log_snr", deterministic=True),
-    SamplerSpec(heun, "uniform_log_snr", deterministic=True, plan=_heun_plan),
+    SamplerSpec(heun, "uniform_log_snr", deterministic=True, plan=_heun_plan, min_nfe=15),  # 7 Heun steps
     SamplerSpec(dpm_solver_pp, "scaled_log_snr", deterministic=True),
     SamplerSpec(unipc, "scaled_log_snr", deterministic=True),
 )}
