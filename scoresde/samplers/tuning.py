@@ -106,40 +106,11 @@ def optimized(
     tol = 1e-6 if x.dtype == torch.float64 else 1e-5
     ref = probability_flow(score, process, x, uniform_log_snr(process, 1), method="dopri5",
                            rtol=tol if rtol is None else rtol, atol=tol if atol is None else atol)
-    dims = tuple(range(1, x.ndim))
-    a_min = float(process.alpha(torch.tensor([process.t_min], dtype=torch.float64)))
-    t_min = torch.full((x.shape[0],), process.t_min, dtype=x.dtype, device=x.device)
-    s_ref = score(a_min * ref, t_min)  # the score of p_{t_min} at the reference's end points, alpha-scaled
-    if not bool(torch.isfinite(s_ref).all()):
-        raise ValueError(f"the score returned NaN or inf at t_min = {process.t_min!r} on the pilots' ODE end points")
-    if "progress" in inspect.signature(sampler).parameters:  # no bar per pilot run (there are ~max_evals of them)
-        sampler_options = {"progress": False, **sampler_options}
-
-    def errors(logits, strict: bool = False) -> tuple[Tensor, Tensor] | None:
-        ts = _grid_from_increments(process, lam_ends, logits)
-        try:
-            out = sampler(score, process, x, ts, **sampler_options)
-        except ValueError:  # a grid collapsed by round-off (times not strictly decreasing)
-            if strict:
-                raise
-            return None
-        d = out - ref
-        dlogp = 0.5 * a_min * ((score(a_min * out, t_min) + s_ref) * d).sum(dims)
-        return (d**2).sum(dims), dlogp**2
+    errors = _end_point_errors(score, process, x, ref, lam_ends, sampler, sampler_options)
 
     def loss(logits, es: tuple | None = None) -> float:
-        # Huber in each error: quadratic below its scale c, linear in the square root above, so that the few
-        # pilots whose trajectories cross between modes (and move by the modes' spacing) do not outweigh the bulk
         es = errors(logits) if es is None else es
-        if es is None:
-            return math.inf
-        total = 0.0
-        for e, c in zip(es, scales):
-            v = float(torch.where(e < c, e, 2 * (c * e).sqrt() - c).mean())
-            if not math.isfinite(v):
-                return math.inf
-            total += math.log(max(v, 1e-300))
-        return total
+        return math.inf if es is None else _huber_log_loss(es, scales)
 
     starts, scales = [], None
     for grid in inits:
@@ -164,6 +135,46 @@ def optimized(
     if max_evals > len(starts):
         logits = _nelder_mead(loss, logits, best, max_evals - len(starts), step)
     return check_grid(process, _grid_from_increments(process, lam_ends, logits))
+
+
+def _end_point_errors(score, process, x, ref, lam_ends, sampler, sampler_options) -> Callable:
+    """errors(logits, strict=False) -> (||x̂ - x*||², (log p(x̂) - log p(x*))²) per pilot, or None for a grid the
+    sampler rejects; the log-density change by the trapezoid rule on the score at t_min (alpha-scaled points)."""
+    dims = tuple(range(1, x.ndim))
+    a_min = float(process.alpha(torch.tensor([process.t_min], dtype=torch.float64)))
+    t_min = torch.full((x.shape[0],), process.t_min, dtype=x.dtype, device=x.device)
+    s_ref = score(a_min * ref, t_min)  # the score of p_{t_min} at the reference's end points
+    if not bool(torch.isfinite(s_ref).all()):
+        raise ValueError(f"the score returned NaN or inf at t_min = {process.t_min!r} on the pilots' ODE end points")
+    if "progress" in inspect.signature(sampler).parameters:  # no bar per pilot run (there are ~max_evals of them)
+        sampler_options = {"progress": False, **sampler_options}
+
+    def errors(logits, strict: bool = False) -> tuple[Tensor, Tensor] | None:
+        ts = _grid_from_increments(process, lam_ends, logits)
+        try:
+            out = sampler(score, process, x, ts, **sampler_options)
+        except ValueError:  # a grid collapsed by round-off (times not strictly decreasing)
+            if strict:
+                raise
+            return None
+        d = out - ref
+        dlogp = 0.5 * a_min * ((score(a_min * out, t_min) + s_ref) * d).sum(dims)
+        return (d**2).sum(dims), dlogp**2
+
+    return errors
+
+
+def _huber_log_loss(es: tuple, scales: list) -> float:
+    """The sum over the error kinds of log mean Huber(e; c): quadratic below the scale c, linear in the square root
+    above, so that the few pilots whose trajectories cross between modes (and move by the modes' spacing) do not
+    outweigh the bulk; the logs make the sum free of units."""
+    total = 0.0
+    for e, c in zip(es, scales):
+        v = float(torch.where(e < c, e, 2 * (c * e).sqrt() - c).mean())
+        if not math.isfinite(v):
+            return math.inf
+        total += math.log(max(v, 1e-300))
+    return total
 
 
 def _scaled_grid(scale: float) -> Callable:
