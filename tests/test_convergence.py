@@ -96,16 +96,18 @@ def _one_step_budget(name: str) -> int:
     return next(b for b in range(2, 10) if SAMPLERS[name].steps_for(b) == 1)
 
 
-@pytest.mark.parametrize("name, evals", [("heun", 2), ("probability_flow", 4)])
+@pytest.mark.parametrize("name, evals", [("heun", 2), ("probability_flow", 4), ("predictor_corrector", 2)])
 def test_one_step_is_defined_where_the_registry_refuses_the_budget(name, evals):
-    """The registry refuses heun budgets below 15 and probability_flow's below 21 (erratic there); the functions still
-    take any grid: one step from t_max to t_min costs the method's evaluations per step and the final one."""
+    """The registry gives the samplers of several evaluations per step at least 7 steps (heun NFE >= 15,
+    predictor_corrector >= 15, probability_flow >= 29: erratic with fewer); the functions still take any grid: one
+    step from t_max to t_min costs the step's evaluations and the final one."""
     target, process = toy_data.load("ring8"), VP()
     spec = SAMPLERS[name]
     ts = uniform_log_snr(process, 1)
     x = process.prior((50, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     counted = CountEvals(target.score_fn(process))
-    out = spec.fn(counted, process, x, ts)
+    out = spec.fn(counted, process, x, ts, generator=torch.Generator(device=DEVICE).manual_seed(1)) \
+        if not spec.deterministic else spec.fn(counted, process, x, ts)
     assert counted.nfe == evals + 1 and out.shape == x.shape and bool(torch.isfinite(out).all())
     if name == "heun":  # with euler_first its one step is Euler's: one evaluation
         counted = CountEvals(target.score_fn(process))

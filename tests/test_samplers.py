@@ -241,7 +241,7 @@ def test_count_evals_matches_the_documented_nfe(name, nfe):
     try:
         ts = spec.grid_for(process, nfe, score=target.score_fn(process))
     except ValueError as e:
-        if nfe < spec.min_nfe:  # heun and probability_flow refuse budgets in which they are erratic
+        if nfe < spec.min_nfe:  # samplers of several evaluations per step refuse fewer than 7 steps
             assert f"{name} needs NFE >= {spec.min_nfe}, got NFE = {nfe}" in str(e)
             return
         assert "too small" in str(e) and nfe < spec.evals_per_step + spec.extra + 1
@@ -299,9 +299,12 @@ def test_bad_grids_and_budgets():
         get_sampler("heun").steps_for(0)
     with pytest.raises(ValueError, match="heun needs NFE >= 15, got NFE = 14"):
         get_sampler("heun").steps_for(14)
-    with pytest.raises(ValueError, match="probability_flow needs NFE >= 21, got NFE = 20"):
-        get_sampler("probability_flow").steps_for(20)
-    assert get_sampler("probability_flow").budget(21)[0] == 5
+    with pytest.raises(ValueError, match="probability_flow needs NFE >= 29, got NFE = 28"):
+        get_sampler("probability_flow").steps_for(28)
+    assert get_sampler("probability_flow").budget(29)[0] == 7
+    with pytest.raises(ValueError, match="predictor_corrector needs NFE >= 15, got NFE = 14"):
+        get_sampler("predictor_corrector").steps_for(14)
+    assert get_sampler("predictor_corrector").budget(15)[0] == 7
     assert get_sampler("heun").budget(15) == (7, {"euler_first": False}, 15)
     assert get_sampler("heun").budget(16) == (8, {"euler_first": True}, 16)
     with pytest.raises(ValueError, match="NFE = 1 is too small for annealed_langevin: it needs at least 2"):
