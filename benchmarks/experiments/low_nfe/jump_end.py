@@ -1,0 +1,74 @@
+"""Study (issue 17): the fitted grids' shape as a default? Steps on scaled_log_snr down to sigma/alpha = D e^-c only,
+then one jump to t_min (D: the data scale tuning.data_scale estimates; c fixed).
+
+    python -m benchmarks.experiments.low_nfe.jump_end [--c 5 --nfe 10,15 --samplers unipc]
+
+The optimised grids (section 6 of the README) keep scaled_log_snr's log-uniform spacing, compressed to end near
+sigma/alpha = D e^-5, and jump from there to t_min. Nothing here is in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import quality, reference, sampler, write_json
+from benchmarks.robustness import TARGETS, target
+from scoresde import CountEvals
+from scoresde.processes import VP
+from scoresde.samplers.tuning import data_scale, pilot_batch
+from scoresde.schedules import scaled_log_snr
+
+HERE = Path(__file__).resolve().parent / "results"
+
+
+def jump_end(process, steps: int, scale: float, c: float) -> torch.Tensor:
+    """steps - 1 steps of scaled_log_snr from t_max to sigma/alpha = scale e^-c (if above t_min), then t_min."""
+    r_end = scale * math.exp(-c)
+    r_min = float(torch.exp(-0.5 * process.log_snr(torch.tensor([process.t_min], dtype=torch.float64))))
+    if steps < 2 or r_end <= r_min:
+        return scaled_log_snr(process, steps, scale)
+    t_end = float(process.t_from_log_snr(torch.tensor([-2 * math.log(r_end)], dtype=torch.float64)))
+    head = scaled_log_snr(process, steps - 1, scale, t_min=t_end)
+    return torch.cat([head, torch.tensor([process.t_min], dtype=torch.float64)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--targets", default=",".join(t for t in TARGETS if not t.endswith("q")))
+    ap.add_argument("--samplers", default="unipc")
+    ap.add_argument("--nfe", default="10,15")
+    ap.add_argument("--c", default="4,5")
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--json", default="jump_end")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    process, rows = VP(), []
+    for tname in args.targets.split(","):
+        tgt = target(tname)
+        ref, sw_floor, _, _ = reference(tgt, args.n)
+        score = tgt.score_fn(process)
+        big = data_scale(score, process, pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64)))
+        for name in args.samplers.split(","):
+            spec = sampler(name)
+            for b in [int(v) for v in args.nfe.split(",")]:
+                cells = []
+                for c in ["default"] + [float(v) for v in args.c.split(",")]:
+                    steps = spec.steps_for(b)
+                    ts = scaled_log_snr(process, steps, big) if c == "default" else jump_end(process, steps, big, c)
+                    counted = CountEvals(score)
+                    g = torch.Generator().manual_seed(0)
+                    x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
+                    q = quality(tgt, spec(counted, process, x, ts, nfe=b, generator=g), ref, sw_floor)
+                    ok = q["gap_ok"] and q["sw_ok"]
+                    cells.append(f"{c}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}")
+                    rows.append({"target": tname, "sampler": name, "nfe": b, "c": c, **q})
+                print(f"{tname:10s} {name:8s} NFE {b:3d}  " + "  ".join(cells), flush=True)
+    write_json(args.json, {"rows": rows}, results=HERE)
+
+
+if __name__ == "__main__":
+    main()
