@@ -27,7 +27,8 @@ from benchmarks.robustness import target
 from scoresde import CountEvals
 from scoresde.processes import VP
 from scoresde.samplers import probability_flow
-from scoresde.samplers.tuning import _grid_from_increments, _nelder_mead, _scaled_grid, data_scale, pilot_batch
+from scoresde.samplers.tuning import (_grid_from_increments, _huber_log_loss, _nelder_mead, _scaled_grid, data_scale,
+                                      pilot_batch)
 from scoresde.schedules import check_grid, karras, uniform_log_snr, uniform_t
 
 HERE = __import__("pathlib").Path(__file__).resolve().parent / "results"
@@ -59,15 +60,7 @@ def fit(process, steps, score, spec, x, *, objective="logp", max_evals=200, step
     def loss(logits, es=None):
         # "both": the sum of the two log-losses (each scale-free), so neither dominates by its units
         es = errors(logits) if es is None else es
-        if es is None:
-            return math.inf
-        total = 0.0
-        for e, c in zip(es, cs):
-            v = float(torch.where(e < c, e, 2 * (c * e).sqrt() - c).mean())
-            if not math.isfinite(v):
-                return math.inf
-            total += math.log(max(v, 1e-300))
-        return total
+        return math.inf if es is None else _huber_log_loss(es, cs)
 
     starts = []
     for grid in inits:
