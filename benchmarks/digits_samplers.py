@@ -126,8 +126,10 @@ def main() -> None:
     if args.side in ("both", "scoresde"):
         for name in args.samplers.split(","):
             def run(nfe, name=name):
-                r = compare_images(model, [name], [nfe], n=args.n, seed=args.seed, progress=False).records[0]
-                return {**r, "sampler": name}
+                result = compare_images(model, [name], [nfe], n=args.n, seed=args.seed, progress=False)
+                if not result.records:  # a budget the sampler refuses (heun below 15)
+                    raise ValueError("; ".join(result.skipped))
+                return {**result.records[0], "sampler": name}
             rows[name] = ladder(run, budgets)
     if args.side == "trailing":
         for name in args.samplers.split(","):

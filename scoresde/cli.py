@@ -65,6 +65,12 @@ def _cmd_targets(args: argparse.Namespace) -> None:
     print(f"wrote {plot_score_fields(targets, process, times, args.out)}")
 
 
+def _any_run(result) -> None:
+    """A comparison in which every (sampler, budget) was refused is an error naming the reasons."""
+    if not result.records:
+        raise ValueError(f"nothing to run: {'; '.join(result.skipped)}")
+
+
 def _cmd_compare(args: argparse.Namespace) -> None:
     from .plotting import plot_score_fields
 
@@ -75,6 +81,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         if args.grid or args.float64 or args.score_field or args.trajectories:
             raise ValueError("--grid, --float64, --score-field and --trajectories are for point models, not images")
         result = compare_images(model, samplers, _csv(args.nfe, "--nfe"), n=args.n or 64, seed=args.seed)
+        _any_run(result)
         print(result.table(f"{args.diffusers or args.checkpoint}"), *(f"skip {line}" for line in result.skipped),
               sep="\n")
         print(f"wrote {', '.join(map(str, save_images(result, args.out)))}")
@@ -93,6 +100,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     result = compare(target, process, samplers, _csv(args.nfe, "--nfe"), score=score, n=n, seed=args.seed,
                      grid=args.grid, dtype=torch.float64 if args.float64 else torch.float32, device=args.device,
                      pairwise_n=min(n, args.pairwise_n))
+    _any_run(result)
     for line in result.skipped:
         print(f"skip {line}", file=sys.stderr)
     print(result.table(f"{name} under {process!r}, {source}"))
@@ -350,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run samplers on an exact score at several NFE budgets; table, JSON and PNGs")
     _add(p, ("--target", "ring8", "a Gaussian-mixture target: ring8, grid25, aniso"), ("--process", "vp", processes),
          ("--samplers", "all", f"comma-separated, or all: {', '.join(SAMPLERS)}"),
-         ("--nfe", "10,20,50", "comma-separated NFE budgets"),
+         ("--nfe", "10,20,50", "comma-separated NFE budgets (heun and predictor_corrector need >= 15, "
+                               "probability_flow >= 29)"),
          ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
                           "fitted on a pilot batch)"),
          ("--n", _count, "samples per run (default 5000 points, 64 images)"),

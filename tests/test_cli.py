@@ -66,19 +66,20 @@ def test_compare_bad_input_is_one_line(capsys, tmp_path):
         (["compare", "--nfe", "ten"], "--nfe must be comma-separated integers"),
         (["compare", "--target", "moons"], "no exact score"),
         (["compare", "--grid", "cosine"], "unknown grid 'cosine'"),
+        (["compare", "--samplers", "heun", "--nfe", "10"], "nothing to run: heun at NFE 10: heun needs NFE >= 15"),
     ]:
         assert main(argv + ["--out", str(tmp_path)]) != 0, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], (argv, err)
 
 
-def test_compare_harness_returns_measured_records():
+def test_compare_harness_returns_measured_records(tmp_path):
     """compare() gives one record per (sampler, budget): the NFE measured by CountEvals (the budget, for these
     deterministic samplers at NFE 9), the metrics of the returned samples against the returned exact reference,
     and the noise floors; a budget a sampler cannot spend is listed as skipped, not run."""
     import toy_data
     from scoresde import VP
-    from scoresde.evaluation import compare
+    from scoresde.evaluation import compare, save
     from scoresde.metrics import energy_distance, log_density_gap, mmd, sliced_wasserstein
 
     ring = toy_data.load("ring8")
@@ -98,6 +99,7 @@ def test_compare_harness_returns_measured_records():
     assert "noise floor" in res.table() and "heun" in res.table()
     short = compare(ring, VP(), ["annealed_langevin"], [1], n=200, pairwise_n=100)
     assert short.records == [] and len(short.skipped) == 1 and "annealed_langevin at NFE 1" in short.skipped[0]
+    assert [p.name for p in save(short, tmp_path)] == ["results.json"]  # nothing ran: nothing to draw
 
 
 def test_train_builds_the_config_from_the_flags_given_and_resume_keeps_it(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """Every deterministic sampler converges at its order on its default grid, for data of any scale; the 0- and 1-step
-cases of every sampler; SDE-DPM-Solver++(2M) against an exact mixture."""
+cases of every sampler; SDE-DPM-Solver++(3M) against an exact mixture."""
 
 import math
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import toy_data
-from scoresde import VE, guidance, interop, schedules
+from scoresde import VE, VP, guidance, interop, schedules
 from scoresde.cli import main
 from scoresde.evaluation import compare_images, images, sample_model, save_images
 from scoresde.evaluation.digits import DigitsClassifier
@@ -282,6 +282,7 @@ def test_compare_images_measures_nfe_and_time_on_any_image_model(saved, tmp_path
     result = compare_images(model, ["ddim", "heun"], [3, 16], n=2)
     assert [(r["sampler"], r["budget"], r["nfe"]) for r in result.records] == \
         [("ddim", 3, 3), ("ddim", 16, 16), ("heun", 16, 16)]
+    assert len(result.skipped) == 1 and result.skipped[0].startswith("heun at NFE 3: heun needs NFE >= 15")
     assert all(r["seconds_per_image"] > 0 and "fd" not in r for r in result.records)
     assert result.samples["heun", 16].shape == (2, 3, 4, 4)
     written = save_images(result, tmp_path)
@@ -390,3 +391,35 @@ def test_dpm_solver_pp_sde_is_k_diffusions(order):
     assert _rel(ours, theirs) < 1e-12
     lower = dpm_solver_pp_sde(score, process, x, ts, order=order - 1, noise=lambda i, y: z[i])
     assert _rel(ours, lower) > 1e-4  # the order matters on this grid
+
+
+@pytest.mark.parametrize("order, eta", [(3, 1.0), (3, 0.5), (2, 1.0)])
+def test_dpm_solver_pp_sde_on_vp_is_k_diffusions_on_x_over_alpha(order, eta):
+    """Under VP, x = alpha y with y k-diffusion's VE variable at sigma/alpha: our SDE-DPM-Solver++ on scaled_log_snr
+    equals k-diffusion's on sigmas = sigma/alpha + [0] with the same draws (its noise sigma_next-scaled, ours sigma-)."""
+    ks = _k_sampling()
+    mixture, process = toy_data.load("aniso"), VP()
+    score = mixture.score_fn(process)
+    ts = schedules.scaled_log_snr(process, 9, 1.3)
+    alpha, sigma = process.alpha(ts), process.sigma(ts)
+    t_of = {float(r): t for r, t in zip((sigma / alpha).tolist(), ts.tolist())}
+
+    def denoiser(y, r):  # E[x0 | x_t = alpha y]
+        t = torch.tensor([t_of[float(r.reshape(-1)[0])]], dtype=torch.float64)
+        a, sg = float(process.alpha(t)), float(process.sigma(t))
+        return (a * y + sg**2 * score(a * y, t.to(y.device).expand(y.shape[0]))) / a
+
+    x = process.prior((16, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(DEVICE)
+    g = torch.Generator(DEVICE).manual_seed(13)
+    z = [torch.randn(x.shape, generator=g, device=DEVICE, dtype=torch.float64) for _ in range(9)]
+    draws = iter(z)
+    sigmas = torch.cat([sigma / alpha, torch.zeros(1, dtype=torch.float64)]).to(DEVICE)
+    y0 = x / float(alpha[0])
+    if order == 3:
+        theirs = ks.sample_dpmpp_3m_sde(denoiser, y0, sigmas, eta=eta, disable=True,
+                                        noise_sampler=lambda s, t: next(draws))
+    else:
+        theirs = ks.sample_dpmpp_2m_sde(denoiser, y0, sigmas, eta=eta, solver_type="heun", disable=True,
+                                        noise_sampler=lambda s, t: next(draws))
+    ours = dpm_solver_pp_sde(score, process, x, ts, order=order, eta=eta, noise=lambda i, y: z[i])
+    assert _rel(ours, theirs) < 1e-12

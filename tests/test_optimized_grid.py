@@ -53,8 +53,8 @@ def test_beats_uniform_log_snr_against_the_reference_ode_solution():
     inits.append(errors(scaled_log_snr(process, n, scale)))
     best_init, best_init_logp = min(e[0] for e in inits), min(e[1] for e in inits)
     assert opt < 0.8 * best_init, (opt, best_init)  # measured: 0.112 vs 0.178 (scaled_log_snr)
-    # measured: 0.126 vs 0.273 nats (scaled_log_snr); fitted to the distance alone: 0.167
-    assert opt_logp < 0.5 * best_init_logp, (opt_logp, best_init_logp)
+    # measured: 0.126 vs 0.273 nats (scaled_log_snr); fitted to the distance alone: 0.167 (> 0.55 x 0.273 = 0.150)
+    assert opt_logp < 0.55 * best_init_logp, (opt_logp, best_init_logp)
 
 
 def test_float32_pilot_on_the_test_device_gives_a_float64_grid():
@@ -110,3 +110,29 @@ def test_compare_takes_the_optimized_grid(tmp_path, capsys):
                  "optimized", "--out", str(out)]) == 0
     data = json.loads((out / "results.json").read_text())
     assert [(r["sampler"], r["nfe"], r["grid"]) for r in data["records"]] == [("ddim", 3, "optimized")]
+
+
+def test_a_non_finite_score_at_t_min_is_an_error_not_a_silent_start_grid():
+    """The fit's log-density term evaluates the score at t_min on the ODE map's end points and on the first init
+    grid's end points: a NaN there is a ValueError, not a loss of inf for every grid (which returned the start grid
+    without a word)."""
+    process = VP()
+    exact = toy_data.load("ring8").score_fn(process)
+    a_min = float(process.alpha(torch.tensor([process.t_min], dtype=torch.float64)))
+    x = _pilot(process, 50, 3)
+    ref = probability_flow(exact, process, x, uniform_log_snr(process, 1), method="dopri5", rtol=1e-6, atol=1e-6)
+    first = unipc(exact, process, x, scaled_log_snr(process, 4, data_scale(exact, process, x)))  # the first init
+
+    def nan_at(points):
+        def score(y, t):
+            s = exact(y, t)
+            if bool((t == process.t_min).all()) and torch.allclose(y, a_min * points):
+                s = s.clone()
+                s[0] = float("nan")
+            return s
+        return score
+
+    with pytest.raises(ValueError, match="NaN or inf at t_min = 0.001 on the pilots' ODE end points"):
+        optimized(process, 4, nan_at(ref), unipc, x, max_evals=10)
+    with pytest.raises(ValueError, match="NaN or inf at t_min = 0.001 on the sampler's end points"):
+        optimized(process, 4, nan_at(first), unipc, x, max_evals=10)

@@ -173,7 +173,8 @@ def trajectories(result: Comparison, score: ScoreFn, n: int = 64) -> dict[str, T
 def save(result: Comparison, out: str | Path, *, meta: dict | None = None,
          paths: dict[str, Tensor] | None = None) -> list[Path]:
     """Write results.json (meta, then result.to_json()), samples.png, quality_vs_nfe.png and, given paths
-    (trajectories()), trajectories.png into the folder `out`; returns the files written."""
+    (trajectories()), trajectories.png into the folder `out` (results.json alone when every run was skipped);
+    returns the files written."""
     from ..plotting import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
 
     out = Path(out)
@@ -181,9 +182,11 @@ def save(result: Comparison, out: str | Path, *, meta: dict | None = None,
     text = json.dumps({**(meta or {}), **result.to_json()}, indent=2)
     (out / "results.json.tmp").write_text(text)
     os.replace(out / "results.json.tmp", out / "results.json")  # complete or absent
-    written = [out / "results.json",
-               plot_sample_grid(result.samples, result.reference, out / "samples.png"),
-               plot_quality_vs_nfe(result.records, result.floors, result.metrics, out / "quality_vs_nfe.png")]
+    written = [out / "results.json"]
+    if not result.records:  # every run was refused (result.skipped says why): nothing to draw
+        return written
+    written += [plot_sample_grid(result.samples, result.reference, out / "samples.png"),
+                plot_quality_vs_nfe(result.records, result.floors, result.metrics, out / "quality_vs_nfe.png")]
     if paths:
         written.append(plot_trajectories(paths, result.reference, out / "trajectories.png"))
     return written

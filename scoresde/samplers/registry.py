@@ -37,9 +37,9 @@ class SamplerSpec:
     sampler whose options depend on the budget, `plan(budget, **options) -> (steps, options, NFE spent)` (an option
     fixed in `options` is kept, and the plan spends the budget around it). Budgets below `min_nfe` are refused: the
     samplers that spend several evaluations on a step (heun, predictor_corrector, probability_flow's rk4) are given
-    at least 7 steps, so that no step divides sigma/alpha by more than ~4 on a VP or EDM noise range; with fewer,
-    their quality was erratic in the budget rather than better with it on the scale-robustness targets
-    (RESULTS_samplers.md). The functions themselves take any grid."""
+    at least 7 steps (on uniform_log_snr over a VP range, a factor of at most ~4 in sigma/alpha per step); with
+    fewer, their quality was erratic in the budget rather than better with it on the scale-robustness targets
+    (RESULTS_samplers.md, where the thresholds were measured). The functions themselves take any grid."""
 
     fn: Callable
     grid: str
@@ -61,8 +61,9 @@ class SamplerSpec:
             raise ValueError(f"NFE must be a positive integer, got {nfe!r}")
         if nfe < self.min_nfe:
             raise ValueError(f"{self.name} needs NFE >= {self.min_nfe}, got NFE = {nfe}: with fewer steps its quality "
-                             f"is erratic in the budget rather than better with it; below it use euler, dpm_solver_pp "
-                             f"or unipc")
+                             f"is erratic in the budget rather than better with it; below it use a sampler of one "
+                             f"evaluation per step (unipc, dpm_solver_pp, euler; stochastic: dpm_solver_pp_sde, "
+                             f"ancestral)")
         if self.plan is not None:
             steps, options, spent = self.plan(nfe, **self.options)
         else:

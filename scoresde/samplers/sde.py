@@ -171,8 +171,8 @@ def dpm_solver_pp_sde(
       + alpha_{i+1} ∫ (1 + eta) e^{-(1 + eta)(lambda_{i+1} - l)} D(l) dl, with D a polynomial in lambda through the
     last `order` data predictions (lower orders on the first steps; order 1 is SDE-DPM-Solver++1, DDPM's ancestral
     step at eta = 1). eta = 1 is the reverse SDE, eta = 0 the probability-flow ODE. Order 3 is the default: on the
-    scale-robustness set (RESULTS_samplers.md) it reaches both floors from NFE <= 50 on every target whose ODE map
-    does, order 2 on 9 of 11. NFE = len(ts) - 1 + denoise.
+    scale-robustness set (RESULTS_samplers.md) it reaches both floors from NFE <= 50 on 10 of the 11 targets whose ODE
+    map does (order 2: 9), at NFE <= 10 it is a little worse than order 2. NFE = len(ts) - 1 + denoise.
     """
     if order not in (1, 2, 3) or isinstance(order, bool):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")

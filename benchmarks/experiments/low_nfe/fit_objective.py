@@ -11,7 +11,7 @@ by the trapezoid rule on the segment between the sampler's and the ODE map's end
     log p(x̂) - log p(x*) ≈ ½ (s(x̂, t_min) + s(x*, t_min)) · (x̂ - x*)
 
 (one more score evaluation per fit evaluation). It is invariant to any invertible linear map of the data (L2 is
-not). Nothing here is in the library.
+not). The "both" objective is what `tuning.optimized` now fits; the script keeps the other two for comparison.
 """
 
 from __future__ import annotations
