@@ -181,8 +181,18 @@ def test_a_fresh_run_refuses_an_earlier_run_unless_told_to_overwrite(tmp_path, c
 
 
 # -- crash safety: SIGKILL at chosen points, resumed in another process ----------------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The uninterrupted run the crash trials must end identical to (one for all trials: they only read it)."""
+    from benchmarks.crash_safety import config
+
+    ref = tmp_path_factory.mktemp("uninterrupted") / "ref"
+    train(config(60), ref, progress=False)
+    return ref
+
+
 @pytest.mark.parametrize("kill, resumed_from", [("state:5", 28), ("latest:4", 21), ("log:7", 28), ("prune:7", 60)])
-def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path, kill, resumed_from):
+def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path, uninterrupted, kill, resumed_from):
     """Four trials of `python -m benchmarks.crash_safety` (which runs 20 in fresh interpreters): a forked training
     process SIGKILLs itself after writing checkpoint 35's state.pt (before the rename publishes it), before `latest`
     names checkpoint 28 (which is complete), half-way through log line 35, or before the last checkpoint's prune;
@@ -190,13 +200,12 @@ def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path,
     kept checkpoints, latest, log)."""
     from benchmarks.crash_safety import config, differences, fork_child
 
-    train(config(60), tmp_path / "ref", progress=False)
     out = tmp_path / "run"
     assert fork_child(out, False, kill, steps=60) == -signal.SIGKILL
     assert (out / "checkpoints" / "step_00000035.tmp").exists() == kill.startswith("state")  # inside the write
     assert load_checkpoint(out)["step"] == resumed_from
     train(config(60), out, resume=True, progress=False)  # takes the dead child's lock over
-    assert differences(out, tmp_path / "ref") == []
+    assert differences(out, uninterrupted) == []
 
 
 # -- 6, 7: likelihood and shapes --------------------------------------------------------------------------------------
