@@ -370,9 +370,13 @@ def test_cli_fuzz_one_line_errors_and_documented_exit_codes(tiny_run, tmp_path_f
     argv = [command, *base, *out, *(a for pair in pairs for a in pair)]
     if command == "train" and any(f == "--steps" for f, _ in pairs):
         argv = [a if a != "99999999999999999999" else "3" for a in argv]  # a valid count, but hours of training
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(argv)
+    err, cwd = io.StringIO(), os.getcwd()
+    os.chdir(tmp)  # a relative --out drawn from VALUES ("3,5", "x", ...) is written here, not into the repository
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+    finally:
+        os.chdir(cwd)
     lines = [line for line in err.getvalue().splitlines() if line.startswith("scoresde")]
     assert "Traceback" not in err.getvalue() and code in (0, 1, 2), (argv, code, err.getvalue())
     assert code == 0 or len(lines) == 1, (argv, err.getvalue())
