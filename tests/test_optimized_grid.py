@@ -36,7 +36,7 @@ def test_beats_uniform_log_snr_against_the_reference_ode_solution():
     target = toy_data.load("aniso")
     score = target.score_fn(process)
     n = 7  # NFE 8 with the final denoising step
-    ts = optimized(process, n, score, unipc, _pilot(process, 300, 11), max_evals=300)
+    ts = optimized(process, n, score, unipc, _pilot(process, 300, 11), max_evals=200)  # the default (--grid optimized)
     x = _pilot(process, 500, 12)
     ref = probability_flow(score, process, x, uniform_log_snr(process, 1), method="dopri5", rtol=1e-9, atol=1e-9)
 
@@ -44,11 +44,11 @@ def test_beats_uniform_log_snr_against_the_reference_ode_solution():
         return float(((unipc(score, process, x, grid) - ref) ** 2).sum(1).mean().sqrt())
 
     base, opt = rms(uniform_log_snr(process, n)), rms(ts)
-    assert opt < 0.5 * base, (opt, base)  # measured: 0.095 vs 0.281
+    assert opt < 0.5 * base, (opt, base)  # measured: 0.108 vs 0.281 (0.095 with 300 evaluations)
     scale = data_scale(score, process, _pilot(process, 300, 11))
     best_init = min([rms(GRIDS[g](process, n)) for g in ("uniform_log_snr", "karras", "uniform_t")]
                     + [rms(scaled_log_snr(process, n, scale))])
-    assert opt < 0.8 * best_init, (opt, best_init)  # measured: 0.095 vs 0.175 (scaled_log_snr)
+    assert opt < 0.8 * best_init, (opt, best_init)  # measured: 0.108 vs 0.175 (scaled_log_snr)
 
 
 def test_float32_pilot_on_the_test_device_gives_a_float64_grid():
