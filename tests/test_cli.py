@@ -25,19 +25,21 @@ def test_targets_writes_a_png(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_errors_are_one_line(capsys):
-    assert main(["targets", "--process", "nope"]) != 0
+def test_errors_are_one_line(capsys, tmp_path):
+    out = ["--out", str(tmp_path / "t.png")]  # not the default runs/targets.png: --out's folder is made first
+    assert main(["targets", "--process", "nope", *out]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'nope'" in err[0]
-    assert main(["targets", "--targets", "moons"]) != 0
+    assert main(["targets", "--targets", "moons", *out]) != 0
     assert "no exact score" in capsys.readouterr().err
-    assert main(["targets", "--times", "3.0"]) != 0
+    assert main(["targets", "--times", "3.0", *out]) != 0
     assert "t = 3.0" in capsys.readouterr().err
 
 
-def test_cli_error_has_no_traceback():
+def test_cli_error_has_no_traceback(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "scoresde.cli", "targets", "--process", "nope"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "scoresde.cli", "targets", "--process", "nope", "--out", str(tmp_path / "t.png")],
+        capture_output=True, text=True, timeout=120
     )
     assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
 

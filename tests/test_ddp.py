@@ -3,9 +3,11 @@ process that emulates their two data streams."""
 
 import json
 import os
+import signal
 import socket
-import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -16,33 +18,27 @@ from scoresde.training import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dict(data="ring8", net={"name": "mlp", "width": 32, "depth": 1, "emb_dim": 16, "num_classes": 8},
               steps=16, batch=64, lr=3e-3, warmup=4, label_dropout=0.2, checkpoint_every=4, log_every=4,
               data_streams=0)
 
-# Each process: train to step 8 (train() joins and leaves the process group itself, as under torchrun), then
-# resume to the end inside a process group of its own making (train() uses it and leaves it alone).
-WORKER = """
-import json, os, sys
-import torch
-import torch.distributed as dist
-torch.set_num_threads(1)
-from safetensors.torch import save_file
-from scoresde.training import TrainConfig, train
+# Each process: train to step 8 (train() joins and leaves the process group itself, as under torchrun: RANK,
+# WORLD_SIZE, MASTER_ADDR and MASTER_PORT in its environment), then resume to the end inside a process group of its
+# own making (train() uses it and leaves it alone).
+def _worker(out: Path, port: str) -> None:
+    from safetensors.torch import save_file
 
-cfg, out = TrainConfig(**json.loads(sys.argv[1])), sys.argv[2]
-rank = int(os.environ["RANK"])
-first = train(cfg, out, stop_at=8, progress=False)
-os.environ["MASTER_PORT"] = sys.argv[3]
-dist.init_process_group("gloo")
-rest = train(cfg, out, resume=True, progress=False)
-assert dist.is_initialized()
-dist.destroy_process_group()
-save_file({k: v.contiguous() for k, v in rest.net.state_dict().items()}, f"{out}/rank{rank}.safetensors")
-json.dump({"losses": first.losses + rest.losses, "streams": rest.config.data_streams},
-          open(f"{out}/rank{rank}.json", "w"))
-"""
+    torch.set_num_threads(1)
+    cfg, rank = TrainConfig(**CONFIG), int(os.environ["RANK"])
+    first = train(cfg, out, stop_at=8, progress=False)
+    os.environ["MASTER_PORT"] = port
+    dist.init_process_group("gloo")
+    rest = train(cfg, out, resume=True, progress=False)
+    assert dist.is_initialized()
+    dist.destroy_process_group()
+    save_file({k: v.contiguous() for k, v in rest.net.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"losses": first.losses + rest.losses, "streams": rest.config.data_streams}, f)
 
 
 def _free_port() -> int:
@@ -51,23 +47,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(world: int, out: Path) -> None:
+def _launch(world: int, out: Path, timeout: float = 120) -> None:
+    """`world` processes running _worker, forked from this one (torch is imported already: no interpreter start),
+    each with torchrun's environment; their output goes to rank*.log beside `out`."""
     ports = [str(_free_port()), str(_free_port())]
-    procs = []
+    pids, logs = [], [out.parent / f"rank{rank}.log" for rank in range(world)]
     for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": ports[0],
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(CONFIG), str(out), ports[1]],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest's code
+            code = 1
+            try:
+                log = open(logs[rank], "w", buffering=1)
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                sys.stdout = sys.stderr = log
+                os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                                  LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=ports[0])
+                _worker(out, ports[1])
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    codes, deadline = {}, time.monotonic() + timeout
     try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
+        while len(codes) < world and time.monotonic() < deadline and not any(codes.values()):
+            for pid in pids:
+                if pid not in codes:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done == pid:
+                        codes[pid] = os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
+        for pid in pids:
+            if pid not in codes:  # past the timeout, or another rank failed (this one may wait for it forever)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    failed = [f"rank {rank}: {f'exit status {codes[pid]}' if pid in codes else 'killed'}\n"
+              f"{logs[rank].read_text()[-3000:]}" for rank, pid in enumerate(pids) if codes.get(pid) != 0]
+    assert not failed, "\n".join(failed)
 
 
 def test_two_processes_match_one_process_with_two_streams(tmp_path):

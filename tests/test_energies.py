@@ -365,6 +365,6 @@ def test_cli_langevin_and_anneal_print_tables_and_fail_in_one_line(capsys, tmp_p
     assert "mean_energy" in capsys.readouterr().out
     assert cli.main(["anneal", "--energy", "rastrigin", "--dim", "2", "--chains", "20", "--steps", "50"]) == 0
     assert "success rate" in capsys.readouterr().out
-    assert cli.main(["langevin", "--kT", "0"]) == 2
+    assert cli.main(["langevin", "--kT", "0", "--out", str(tmp_path)]) == 2  # not the default runs/langevin
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kT must be a positive finite number, got 0.0" in err

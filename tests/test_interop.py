@@ -265,7 +265,7 @@ def test_cli_sample_and_compare_a_diffusers_folder(saved, tmp_path, capsys, monk
     assert (out / "fd_vs_nfe.png").read_bytes()[:4] == b"\x89PNG"  # FD against NFE, one line per sampler
     for argv, needle in [(["sample", "--diffusers", "hub/model"], "not a local folder"),
                          (["sample", "--checkpoint", "x", "--diffusers", pipe], "not allowed with"),
-                         (["compare", "--diffusers", pipe, "--grid", "karras"], "point models"),
+                         (["compare", "--diffusers", pipe, "--grid", "karras", "--out", str(out)], "point models"),
                          (["sample", "--diffusers", pipe, "--no-ema"], "--no-ema")]:
         try:
             code = main(argv)

@@ -181,8 +181,18 @@ def test_a_fresh_run_refuses_an_earlier_run_unless_told_to_overwrite(tmp_path, c
 
 
 # -- crash safety: SIGKILL at chosen points, resumed in another process ----------------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The uninterrupted run the crash trials must end identical to (one for all trials: they only read it)."""
+    from benchmarks.crash_safety import config
+
+    ref = tmp_path_factory.mktemp("uninterrupted") / "ref"
+    train(config(60), ref, progress=False)
+    return ref
+
+
 @pytest.mark.parametrize("kill, resumed_from", [("state:5", 28), ("latest:4", 21), ("log:7", 28), ("prune:7", 60)])
-def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path, kill, resumed_from):
+def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path, uninterrupted, kill, resumed_from):
     """Four trials of `python -m benchmarks.crash_safety` (which runs 20 in fresh interpreters): a forked training
     process SIGKILLs itself after writing checkpoint 35's state.pt (before the rename publishes it), before `latest`
     names checkpoint 28 (which is complete), half-way through log line 35, or before the last checkpoint's prune;
@@ -190,13 +200,12 @@ def test_sigkill_inside_a_checkpoint_or_log_write_then_resume_is_exact(tmp_path,
     kept checkpoints, latest, log)."""
     from benchmarks.crash_safety import config, differences, fork_child
 
-    train(config(60), tmp_path / "ref", progress=False)
     out = tmp_path / "run"
     assert fork_child(out, False, kill, steps=60) == -signal.SIGKILL
     assert (out / "checkpoints" / "step_00000035.tmp").exists() == kill.startswith("state")  # inside the write
     assert load_checkpoint(out)["step"] == resumed_from
     train(config(60), out, resume=True, progress=False)  # takes the dead child's lock over
-    assert differences(out, tmp_path / "ref") == []
+    assert differences(out, uninterrupted) == []
 
 
 # -- 6, 7: likelihood and shapes --------------------------------------------------------------------------------------
@@ -361,9 +370,13 @@ def test_cli_fuzz_one_line_errors_and_documented_exit_codes(tiny_run, tmp_path_f
     argv = [command, *base, *out, *(a for pair in pairs for a in pair)]
     if command == "train" and any(f == "--steps" for f, _ in pairs):
         argv = [a if a != "99999999999999999999" else "3" for a in argv]  # a valid count, but hours of training
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(argv)
+    err, cwd = io.StringIO(), os.getcwd()
+    os.chdir(tmp)  # a relative --out drawn from VALUES ("3,5", "x", ...) is written here, not into the repository
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+    finally:
+        os.chdir(cwd)
     lines = [line for line in err.getvalue().splitlines() if line.startswith("scoresde")]
     assert "Traceback" not in err.getvalue() and code in (0, 1, 2), (argv, code, err.getvalue())
     assert code == 0 or len(lines) == 1, (argv, err.getvalue())

@@ -1,6 +1,7 @@
 """Samplers against exact scores: quality versus the noise floor, measured order of convergence, per-sample
 independence, reproducibility, NFE accounting and bad input."""
 
+import functools
 import math
 
 import pytest
@@ -63,11 +64,22 @@ def _floor(target, n=N):
     return a, sliced_wasserstein(a, b).item()
 
 
+# The exact reference set and its noise floor, the same for every sampler: made once (the tests only read them).
+@functools.cache
+def _ring8_floor():
+    return _floor(toy_data.load("ring8"))
+
+
+@functools.cache
+def _image_floor():
+    return _floor(_image_mixture(), 2000)
+
+
 @pytest.mark.parametrize("name", list(SAMPLERS))
 @pytest.mark.parametrize("process", [VP(), VE(0.01, 10.0), EDM(0.01, 10.0)], ids=["vp", "ve", "edm"])
 def test_every_sampler_reaches_ring8(name, process):
     target = toy_data.load("ring8")
-    ref, floor = _floor(target)
+    ref, floor = _ring8_floor()
     out, nfe, declared = _run(name, target, process, BUDGET[name])
     assert nfe == declared <= BUDGET[name]
     assert out.shape == (N, 2) and out.dtype == torch.float32 and out.device.type == DEVICE.type
@@ -77,7 +89,7 @@ def test_every_sampler_reaches_ring8(name, process):
 @pytest.mark.parametrize("name", ["ancestral", "ddim"])
 def test_ddpm_samplers_on_discrete_vp(name):
     target = toy_data.load("ring8")
-    ref, floor = _floor(target)
+    ref, floor = _ring8_floor()
     process = DiscreteVP.linear()
     spec = get_sampler(name)
     ts = uniform_t(process, 999) if name == "ancestral" else spec.grid_for(process, BUDGET[name],
@@ -91,7 +103,7 @@ def test_ddpm_samplers_on_discrete_vp(name):
 @pytest.mark.parametrize("name", ["ancestral", "euler_maruyama", "ddim", "heun", "dpm_solver_pp", "probability_flow"])
 def test_image_shaped_data(name):
     target = _image_mixture()
-    ref, floor = _floor(target, 2000)
+    ref, floor = _image_floor()
     out, _, _ = _run(name, target, VP(), BUDGET[name], n=2000)
     assert out.shape == (2000, 1, 8, 8)
     assert sliced_wasserstein(out, ref).item() < 2.5 * floor

@@ -207,10 +207,5 @@ def test_hypothesis_stays_optional(monkeypatch):
         importlib.import_module("scoresde.testing.strategies")
 
 
-def test_the_readme_example_runs_as_written(capsys):
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Property-test your own model"):]
-    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 3)]
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    out = capsys.readouterr().out
-    assert "check_learned" in out and "FAIL" not in out
+# README's example of this section ("Property-test your own model") runs in tests/test_readme.py with the other
+# README blocks, which also checks that its printed check_learned report has no FAIL.
