@@ -16,7 +16,11 @@ from .processes import Process  # noqa: E402
 
 
 def _save(fig, out: str | Path) -> Path:
+    """Save and close fig; a name without an image suffix gets ".png" (as matplotlib would add), and the path
+    returned is the file written."""
     out = Path(out)
+    if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
+        out = out.with_name(out.name + ".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -23,6 +23,11 @@ def test_targets_writes_a_png(tmp_path, capsys):
     out = tmp_path / "t.png"
     assert main(["targets", "--targets", "ring8,aniso", "--times", "0.05,0.5", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    bare = tmp_path / "3,5"  # no image suffix: the PNG is 3,5.png, and that is the path reported
+    assert main(["targets", "--targets", "ring8", "--times", "0.5", "--out", str(bare)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {bare}.png" and not bare.exists()
+    assert (tmp_path / "3,5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_errors_are_one_line(capsys, tmp_path):
