@@ -136,3 +136,22 @@ def test_a_non_finite_score_at_t_min_is_an_error_not_a_silent_start_grid():
         optimized(process, 4, nan_at(ref), unipc, x, max_evals=10)
     with pytest.raises(ValueError, match="NaN or inf at t_min = 0.001 on the sampler's end points"):
         optimized(process, 4, nan_at(first), unipc, x, max_evals=10)
+
+
+def test_nelder_mead_starts_from_a_simplex_of_the_given_step():
+    """scipy's default first simplex moves a zero coordinate by 0.00025 only; the fit's moves each by `step`."""
+    import numpy as np
+
+    from scoresde.samplers.tuning import _nelder_mead
+
+    seen = []
+
+    def loss(v):
+        seen.append(np.array(v, dtype=float))
+        return float(((np.asarray(v) - 1.0) ** 2).sum())
+
+    start = np.zeros(3)
+    best = _nelder_mead(loss, start, loss(start), maxfev=60, step=0.3)
+    moves = sorted(float(np.abs(p - start).max()) for p in seen[1:5])  # the simplex's other three vertices
+    assert moves[-3:] == pytest.approx([0.3, 0.3, 0.3])
+    assert loss(best) < loss(start)
