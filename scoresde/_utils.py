@@ -149,17 +149,25 @@ def check_memory(nbytes: float, what: str, device: str | torch.device = "cpu") -
                          f"available on {torch.device(device).type}; ask for less")
 
 
-def check_writable(path: str | Path, *, directory: bool, what: str = "--out") -> Path:
-    """Raise ValueError unless `path` can be written, as a directory or as a file: missing parent directories are
-    made (the output goes there) and probed with a temporary file, so nothing is computed for an unwritable output."""
+def check_writable(path: str | Path, *, directory: bool, what: str = "--out", make: bool = True) -> Path:
+    """Raise ValueError unless `path` can be written, as a directory or as a file, probed with a temporary file so
+    that nothing is computed for an unwritable output. make: missing directories are made (the output goes there);
+    without it the nearest existing one is probed and nothing is created, so a command that then fails on another
+    value leaves no empty folder behind (its writers make the folders)."""
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is a file, not a directory")
     if not directory and path.is_dir():
         raise ValueError(f"{what} {path} is a directory; give a file name")
     folder = path if directory else path.parent
+    if not make:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ValueError(f"{what} {path} is not writable: {folder} is a file")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)

@@ -56,7 +56,7 @@ def _mixture(name: str):
 def _cmd_targets(args: argparse.Namespace) -> None:
     from .plotting import plot_score_fields  # matplotlib: imported by the commands that draw
 
-    check_writable(args.out, directory=False)
+    check_writable(args.out, directory=False, make=False)
     process = from_config(args.process)
     targets = {name: _mixture(name) for name in (args.targets.split(",") if args.targets else toy_data.MIXTURES)}
     times = _csv(args.times, "--times", float)
@@ -75,7 +75,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from .plotting import plot_score_fields
 
     samplers = None if args.samplers == "all" else [s.strip() for s in args.samplers.split(",")]
-    check_writable(args.out, directory=True)
+    check_writable(args.out, directory=True, make=False)
     model = None if args.diffusers is None and args.checkpoint is None else _model(args)
     if model is not None and len(model.event_shape) == 3:  # images: seconds per image, sample grids, FD for digits
         if args.grid or args.float64 or args.score_field or args.trajectories:
@@ -143,7 +143,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .plotting import save_samples
 
-    check_writable(args.out, directory=False)
+    check_writable(args.out, directory=False, make=False)
     model = _model(args)
     if args.inpaint is not None:
         return _inpaint(args, model)
@@ -191,7 +191,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .plotting import save_samples
 
     if args.out is not None:
-        check_writable(args.out, directory=False)
+        check_writable(args.out, directory=False, make=False)
     model = load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
     if model.config.data != "digits":
         raise ValueError(f"evaluate measures models of the digits (its classifier is built in); this checkpoint "
@@ -292,7 +292,7 @@ def _train_parser(sub, processes: str) -> None:
 def _cmd_langevin(args: argparse.Namespace) -> None:
     from .evaluation.langevin import format_langevin, langevin_report
 
-    check_writable(args.out, directory=True)
+    check_writable(args.out, directory=True, make=False)
     report = langevin_report(args.energy, args.kT, args.sampler, args.chains, args.steps, dim=args.dim, tau=args.tau,
                              gamma=args.gamma, mass=args.mass, warmup=args.warmup, seed=args.seed,
                              device=args.device, out=args.out)

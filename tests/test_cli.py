@@ -80,6 +80,18 @@ def test_compare_bad_input_is_one_line(capsys, tmp_path):
         assert len(err) == 1 and needle in err[0], (argv, err)
 
 
+def test_a_refused_command_leaves_no_output_folder(tmp_path, capsys):
+    """--out is checked for writability without being made: a command that then fails on another value leaves no
+    empty folder behind; one that runs makes it."""
+    out = tmp_path / "new" / "cmp"
+    assert main(["compare", "--nfe", "0", "--out", str(out)]) != 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "new" / "s.png")]) != 0
+    assert not (tmp_path / "new").exists()
+    capsys.readouterr()
+    assert main(["targets", "--targets", "ring8", "--times", "0.5", "--out", str(out / "t.png")]) == 0
+    assert (out / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_compare_harness_returns_measured_records(tmp_path):
     """compare() gives one record per (sampler, budget): the NFE measured by CountEvals (the budget, for these
     deterministic samplers at NFE 9), the metrics of the returned samples against the returned exact reference,
