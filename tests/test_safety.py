@@ -349,7 +349,13 @@ FLAGS = {
     "train": ["--steps", "--batch", "--width", "--depth", "--lr", "--seed", "--data", "--process", "--net", "--out"],
     "likelihood": ["--n", "--batch", "--method", "--steps", "--rtol", "--probes", "--divergence"],
     "targets": ["--targets", "--times", "--process", "--out"],
+    "langevin": ["--energy", "--dim", "--kT", "--sampler", "--chains", "--steps", "--tau", "--gamma", "--mass",
+                 "--warmup", "--seed", "--out"],
+    "anneal": ["--energy", "--dim", "--schedule", "--chains", "--steps", "--kT0", "--kT1", "--tau", "--restarts",
+               "--adapt", "--tol", "--seed"],
 }
+LOOPS = {"train": {"--steps"}, "langevin": {"--steps", "--chains", "--dim", "--warmup"},
+         "anneal": {"--steps", "--chains", "--dim", "--restarts"}}  # a valid count, but hours of work
 
 
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -365,11 +371,13 @@ def test_cli_fuzz_one_line_errors_and_documented_exit_codes(tiny_run, tmp_path_f
             "compare": ["--samplers", "ddim,euler", "--nfe", "4", "--n", "20", "--pairwise-n", "10"],
             "train": [*TINY, "--steps", "2"], "likelihood": ["--checkpoint", str(tiny_run), "--n", "8",
                                                              "--method", "euler", "--steps", "3"],
-            "targets": ["--targets", "ring8", "--times", "0.5"]}[command]
-    out = [] if command == "likelihood" else ["--out", str(tmp / ("o.png" if command != "compare" else "o"))]
+            "targets": ["--targets", "ring8", "--times", "0.5"],
+            "langevin": ["--energy", "double_well", "--chains", "20", "--steps", "30"],
+            "anneal": ["--energy", "rastrigin", "--dim", "2", "--chains", "20", "--steps", "30"]}[command]
+    out = [] if command in ("likelihood", "anneal") else \
+        ["--out", str(tmp / ("o" if command in ("compare", "langevin") else "o.png"))]
+    pairs = [(f, "3" if f in LOOPS.get(command, ()) and v == "99999999999999999999" else v) for f, v in pairs]
     argv = [command, *base, *out, *(a for pair in pairs for a in pair)]
-    if command == "train" and any(f == "--steps" for f, _ in pairs):
-        argv = [a if a != "99999999999999999999" else "3" for a in argv]  # a valid count, but hours of training
     err, cwd = io.StringIO(), os.getcwd()
     os.chdir(tmp)  # a relative --out drawn from VALUES ("3,5", "x", ...) is written here, not into the repository
     try:
