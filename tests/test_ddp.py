@@ -47,9 +47,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(world: int, out: Path, timeout: float = 120) -> None:
-    """`world` processes running _worker, forked from this one (torch is imported already: no interpreter start),
-    each with torchrun's environment; their output goes to rank*.log beside `out`."""
+def _launch(world: int, out: Path, timeout: float = 120, worker=_worker) -> None:
+    """`world` processes running worker(out, port), forked from this one (torch is imported already: no interpreter
+    start), each with torchrun's environment; their output goes to rank*.log beside `out`."""
     ports = [str(_free_port()), str(_free_port())]
     pids, logs = [], [out.parent / f"rank{rank}.log" for rank in range(world)]
     for rank in range(world):
@@ -63,7 +63,7 @@ def _launch(world: int, out: Path, timeout: float = 120) -> None:
                 sys.stdout = sys.stderr = log
                 os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=ports[0])
-                _worker(out, ports[1])
+                worker(out, ports[1])
                 code = 0
             except BaseException:
                 traceback.print_exc()
@@ -113,6 +113,29 @@ def test_two_processes_match_one_process_with_two_streams(tmp_path):
         assert torch.equal(w0[k], v), k
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [4, 8, 12, 16]  # one log, written once
+
+
+def _refused_worker(out: Path, port: str) -> None:
+    """Start a fresh run in `out`, which holds an earlier one: process 0's claim fails; record each rank's error."""
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    try:
+        train(TrainConfig(**CONFIG), out, progress=False)
+    except (ValueError, RuntimeError) as e:
+        (out.parent / f"refused{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+        return
+    raise AssertionError("the run started in a directory holding an earlier run")
+
+
+def test_a_refused_run_directory_stops_every_process(tmp_path):
+    """Process 0 refuses a run directory holding an earlier run; process 1 hears of it and stops with its own error
+    instead of waiting for process 0 forever (before: killed at the timeout)."""
+    run = tmp_path / "ddp"
+    train(TrainConfig(**{**CONFIG, "data_streams": 2}), run, progress=False, stop_at=4)
+    _launch(2, run, timeout=60, worker=_refused_worker)
+    assert "ValueError" in (tmp_path / "refused0.txt").read_text() and "holds an earlier run" in \
+        (tmp_path / "refused0.txt").read_text()
+    assert (tmp_path / "refused1.txt").read_text().startswith("RuntimeError: process 0 could not take the run directory")
 
 
 def test_streams_must_divide_among_processes_and_batch():

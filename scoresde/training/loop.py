@@ -151,9 +151,23 @@ def train(
     lock = RunLock(out) if out is not None and ctx.main else None
 
     def claim() -> None:  # after the checks, before anything is read from or written to out
+        error = None
         if lock is not None:
-            lock.acquire()
-            _claim(out, resume, overwrite)
+            try:
+                lock.acquire()
+                _claim(out, resume, overwrite)
+            except Exception as e:  # re-raised below, after the other processes have heard of it
+                error = e
+        if ctx.world > 1:  # every process learns whether process 0 took the directory, so none waits for it
+            import torch.distributed as dist
+
+            failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
+            dist.all_reduce(failed)
+            if failed.item() and error is None:
+                raise RuntimeError(f"process 0 could not take the run directory {out} (its error says why); "
+                                   "this process stops too")
+        if error is not None:
+            raise error
 
     try:
         params = param_count(config.net)
