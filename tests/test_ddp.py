@@ -3,11 +3,10 @@ process that emulates their two data streams."""
 
 import json
 import os
-import signal
 import socket
+import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,8 @@ import torch.distributed as dist
 from scoresde.training import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = dict(data="ring8", net={"name": "mlp", "width": 32, "depth": 1, "emb_dim": 16, "num_classes": 8},
               steps=16, batch=64, lr=3e-3, warmup=4, label_dropout=0.2, checkpoint_every=4, log_every=4,
@@ -48,44 +49,33 @@ def _free_port() -> int:
 
 
 def _launch(world: int, out: Path, timeout: float = 120, worker=_worker) -> None:
-    """`world` processes running worker(out, port), forked from this one (torch is imported already: no interpreter
-    start), each with torchrun's environment; their output goes to rank*.log beside `out`."""
+    """`world` fresh interpreters running worker(out, port), each with torchrun's environment (not forked from this
+    process: a fork of pytest's process, whose other threads may hold locks, hung now and then); a rank that fails,
+    or any still running at the timeout, fails the test with the ranks' output."""
     ports = [str(_free_port()), str(_free_port())]
-    pids, logs = [], [out.parent / f"rank{rank}.log" for rank in range(world)]
+    code = (f"import sys; from pathlib import Path; from tests.test_ddp import {worker.__name__} as w; "
+            "w(Path(sys.argv[1]), sys.argv[2])")
+    procs = []
     for rank in range(world):
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest's code
-            code = 1
-            try:
-                log = open(logs[rank], "w", buffering=1)
-                os.dup2(log.fileno(), 1)
-                os.dup2(log.fileno(), 2)
-                sys.stdout = sys.stderr = log
-                os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                                  LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=ports[0])
-                worker(out, ports[1])
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    codes, deadline = {}, time.monotonic() + timeout
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": ports[0],
+               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen([sys.executable, "-c", code, str(out), ports[1]], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = []
     try:
-        while len(codes) < world and time.monotonic() < deadline and not any(codes.values()):
-            for pid in pids:
-                if pid not in codes:
-                    done, status = os.waitpid(pid, os.WNOHANG)
-                    if done == pid:
-                        codes[pid] = os.waitstatus_to_exitcode(status)
-            time.sleep(0.01)
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        pass
     finally:
-        for pid in pids:
-            if pid not in codes:  # past the timeout, or another rank failed (this one may wait for it forever)
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-    failed = [f"rank {rank}: {f'exit status {codes[pid]}' if pid in codes else 'killed'}\n"
-              f"{logs[rank].read_text()[-3000:]}" for rank, pid in enumerate(pids) if codes.get(pid) != 0]
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    failed = [f"rank {rank}: exit status {p.returncode}\n{(logs[rank] if rank < len(logs) else '')[-3000:]}"
+              for rank, p in enumerate(procs) if p.returncode != 0]
     assert not failed, "\n".join(failed)
 
 
