@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run samplers on an exact score at several NFE budgets; table, JSON and PNGs")
     _add(p, ("--target", "ring8", "a Gaussian-mixture target: ring8, grid25, aniso"), ("--process", "vp", processes),
          ("--samplers", "all", f"comma-separated, or all: {', '.join(SAMPLERS)}"),
-         ("--nfe", "10,20,50", "comma-separated NFE budgets (heun and predictor_corrector need >= 15, "
-                               "probability_flow >= 29)"),
+         ("--nfe", "10,20,50", "comma-separated NFE budgets (" + ", ".join(
+             f"{s.name} needs >= {s.min_nfe}" for s in SAMPLERS.values() if s.min_nfe > 1) + ")"),
          ("--grid", None, f"replace each sampler's grid: {', '.join(GRIDS)} (optimized: deterministic samplers, "
                           "fitted on a pilot batch)"),
          ("--n", _count, "samples per run (default 5000 points, 64 images)"),
