@@ -163,8 +163,17 @@ class GaussianMixture:
             raise ValueError(f"x has {xf.shape[1]} values per sample, the mixture has D = {self.dim}")
         a = alpha.reshape(-1, 1, 1)  # (B or 1, 1, 1)
         var = a**2 * lam + (sigma**2).reshape(-1, 1, 1)  # (B or 1, K, D)
-        y = (xf @ u_flat).reshape(xf.shape[0], self.num_components, self.dim) - a * mu_rot
-        log_n = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
+        k, d = self.num_components, self.dim
+        y = (xf @ u_flat).reshape(xf.shape[0], k, d) - a * mu_rot
+        if var.shape[0] == 1 and k * k * d <= 1 << 20:
+            # one time for the batch: sum_d y²/var as one matmul with a block-diagonal (K·D, K) matrix (torch's sum
+            # over a short last dimension costs several times more)
+            eye = torch.eye(k, dtype=torch.bool, device=var.device)[:, None, :]
+            blocks = torch.where(eye, (1 / var[0])[:, :, None], var.new_zeros(()))
+            quad = (y * y).reshape(xf.shape[0], k * d) @ blocks.reshape(k * d, k)
+        else:
+            quad = (y**2 / var).sum(-1)
+        log_n = -0.5 * (quad + var.log().sum(-1) + d * math.log(2 * math.pi))
         return logw + log_n, y, var
 
     def _alpha_sigma(self, x: Tensor, process: Process | None, t: Tensor | float | None) -> tuple[Tensor, Tensor]:
