@@ -8,8 +8,9 @@ sigma): l = alpha tr(dD/dx) / d, averaged over pilot trajectories (for Gaussian 
 (alpha² w² + sigma²) exactly, and N is then constant along a trajectory). The probability-flow ODE
 dx/dlam = (d log sigma / dlam) x + alpha D becomes dx/dlam = (d log sigma / dlam + l) x + alpha N, whose linear part
 is integrated exactly:
-x_t = (sigma_t / sigma_s) e^{L(lam_t) - L(lam_s)} x_s + sigma_t ∫ e^{u + L(lam_t) - L(u)} N(u) du, L = ∫ l. N is interpolated through the last `order` nodes (Adams-Bashforth, lower orders first) and, with the
-corrector, redone with the new node (UniPC's corrector; no extra evaluation). With l = 0 it is exactly the library's
+x_t = (sigma_t / sigma_s) e^{L(lam_t) - L(lam_s)} x_s + sigma_t ∫ e^{u + L(lam_t) - L(u)} N(u) du, L = ∫ l.
+N is interpolated through the last `order` nodes (Adams-Bashforth, lower orders first) and, with the corrector,
+redone with the new node (UniPC's corrector; no extra evaluation). With l = 0 it is exactly the library's
 unipc. The statistic: 1000 pilot prior samples (PILOT_SEED) solved by unipc on a uniform log-SNR grid of `--fine`
 steps; at each node one Rademacher probe of tr(dD/dx) by a forward difference (one evaluation). Cost: 2 x fine
 evaluations of the pilot batch, once per model (it serves every NFE and grid). Nothing here is in the library.

@@ -4,7 +4,8 @@
 
 `tuning.optimized` through the registry (`grid_for(..., "optimized")`, 1000 pilots, 200 runs) for unipc and
 DPM-Solver++ 3M: seconds (the best and the median of the repeats: the machine is shared, and its noise only adds),
-and score evaluations per pilot (exact; what carries over to a network). One fit before the timings loads scipy and torchdiffeq.
+and score evaluations per pilot (exact; what carries over to a network).
+One fit before the timings loads scipy and torchdiffeq.
 """
 
 from __future__ import annotations
