@@ -165,14 +165,13 @@ class GaussianMixture:
         var = a**2 * lam + (sigma**2).reshape(-1, 1, 1)  # (B or 1, K, D)
         k, d = self.num_components, self.dim
         y = (xf @ u_flat).reshape(xf.shape[0], k, d) - a * mu_rot
-        if var.shape[0] == 1 and k * k * d <= 1 << 20:
-            # one time for the batch: sum_d y²/var as one matmul with a block-diagonal (K·D, K) matrix (torch's sum
-            # over a short last dimension costs several times more)
-            eye = torch.eye(k, dtype=torch.bool, device=var.device)[:, None, :]
-            blocks = torch.where(eye, (1 / var[0])[:, :, None], var.new_zeros(()))
-            quad = (y * y).reshape(xf.shape[0], k * d) @ blocks.reshape(k * d, k)
+        terms = y * y / var
+        if d <= 4:  # torch's sum over a last dimension of 2 or 3 costs several times these adds
+            quad = terms[..., 0]
+            for j in range(1, d):
+                quad = quad + terms[..., j]
         else:
-            quad = (y**2 / var).sum(-1)
+            quad = terms.sum(-1)
         log_n = -0.5 * (quad + var.log().sum(-1) + d * math.log(2 * math.pi))
         return logw + log_n, y, var
 
