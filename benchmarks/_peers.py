@@ -50,12 +50,13 @@ __all__ = [
 ]
 
 DIFFUSERS: list[str] = ["ddpm", "ddim", "dpmpp_2m", "euler", "euler_ancestral", "heun", "unipc", "lms"]
-KDIFFUSION: list[str] = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "lms"]
+KDIFFUSION: list[str] = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde",
+                         "dpmpp_3m_sde", "lms"]
 
 # diffusers schedulers whose state lives in the VE scale and whose timesteps may be fractional
 EULER_TYPE = frozenset({"euler", "euler_ancestral", "heun", "lms"})
 # samplers that spend two evaluations per step (all but the last step, which ends at sigma = 0)
-_TWO_EVAL = frozenset({"heun", "dpm_2"})
+_TWO_EVAL = frozenset({"heun", "dpm_2", "dpmpp_sde"})
 
 _DIFFUSERS_CLASSES = {
     "ddpm": "DDPMScheduler",
@@ -82,6 +83,7 @@ _K_FUNCS = {
     "heun": "sample_heun",
     "dpm_2": "sample_dpm_2",
     "dpmpp_2m": "sample_dpmpp_2m",
+    "dpmpp_sde": "sample_dpmpp_sde",
     "dpmpp_2m_sde": "sample_dpmpp_2m_sde",
     "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
     "lms": "sample_lms",
@@ -334,10 +336,10 @@ def run_kdiffusion(
             return torch.zeros_like(x)
 
     else:
-        # Levels for the grid and, for dpm_2, its log-midpoints (computed as sample_dpm_2 does); keyed by the
-        # sigma value the sampler passes. Any other sigma is mapped on the fly (exact, only slower).
+        # Levels for the grid and, for dpm_2 and dpmpp_sde, the log-midpoints (as sample_dpm_2 computes them); keyed
+        # by the sigma value the sampler passes. Any other sigma is mapped on the fly (exact, only slower).
         keys = sigmas[:-1]
-        if name == "dpm_2" and len(sigmas) > 2:
+        if name in ("dpm_2", "dpmpp_sde") and len(sigmas) > 2:
             mids = sigmas[:-2].log().lerp(sigmas[1:-1].log(), 0.5).exp()
             keys = torch.cat([keys, mids])
         keys = keys.cpu()
@@ -363,6 +365,9 @@ def run_kdiffusion(
             x_T.shape, generator=generator, dtype=dtype, device=device
         )
     x = x_T * sigmas[0]
+    if name == "dpmpp_sde" and generator is not None:  # its Brownian tree (two draws per step share an interval)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+        kw["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed)
     x0 = getattr(ks, _K_FUNCS[name])(model, x, sigmas, **kw)
     return x0, counter[0]
 
@@ -386,9 +391,9 @@ def time_per_step(
 ) -> float:
     """Wall seconds per score evaluation of run_fn(name, ...) with a zero-cost score (median over repeats).
 
-    One evaluation is one solver step except for heun / dpm_2 (two per step). By default only the sampling loop
-    is timed, from the first model evaluation to the return (the peer's schedule set-up and our adapter's
-    per-run table set-up excluded); include_setup=True times the whole call. adapter=True scores with
+    One evaluation is one solver step except for heun / dpm_2 / dpmpp_sde (two per step). By default only the
+    sampling loop is timed, from the first model evaluation to the return (the peer's schedule set-up and our
+    adapter's per-run table set-up excluded); include_setup=True times the whole call. adapter=True scores with
     `zero_score` through the ScoreFn adapter (time mapping + eps / x0 conversion); adapter=False uses a raw zero
     model (the peer's loop alone). One warm-up run first; torch's thread count is left as it is.
     stat: "median" or "min" over the repeats.

@@ -56,6 +56,7 @@ ROWS = [
     ("scoresde dpm_solver_pp_sde order=2", ("ours", "dpm_solver_pp_sde:order=2")),
     ("k-diffusion dpmpp_3m_sde", ("k-diffusion", "dpmpp_3m_sde")),
     ("k-diffusion dpmpp_2m_sde", ("k-diffusion", "dpmpp_2m_sde")),
+    ("k-diffusion dpmpp_sde", ("k-diffusion", "dpmpp_sde")),  # SDE-DPM-Solver++ with a midpoint: 2 evaluations a step
     ("exact samples", ("exact", "")),  # a perfect sampler: what the cells read at the floor
 ]
 
