@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from benchmarks._common import sampler, write_json
-from benchmarks.experiments.low_nfe.dp_grid import HERE
+from benchmarks.experiments.low_nfe._study import HERE
 from benchmarks.robustness import ode_map, run, target
 from scoresde.processes import VP
 

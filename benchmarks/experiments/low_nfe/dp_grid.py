@@ -16,21 +16,15 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.robustness import target
-from scoresde import CountEvals
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, REACHABLE, judge, prior, setting
 from scoresde.processes import VP
 from scoresde.samplers import unipc
-from scoresde.samplers.tuning import data_scale, pilot_batch
 from scoresde.schedules import scaled_log_snr, uniform_log_snr
-
-HERE = Path(__file__).resolve().parent / "results"
-REACHABLE = "ring8,ring8x4,ring8x16,grid25,grid25x4,grid25x16,aniso,anisoq,anisox4,mix5,mix16"
 
 
 def fine_trajectory(score, process, x: torch.Tensor, fine: int):
@@ -94,33 +88,26 @@ def main() -> None:
     process, rows = VP(), []
     powers = [float(p) for p in args.power.split(",")]
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        score = tgt.score_fn(process)
-        pilots = pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64))
-        big = data_scale(score, process, pilots)
+        st = setting(tname, process, args.n)
         t0 = time.perf_counter()
-        ts_f, xs, ds = fine_trajectory(score, process, pilots, args.fine)
+        ts_f, xs, ds = fine_trajectory(st.score, process, st.pilots, args.fine)
         costs = {p: pair_costs(process, ts_f, xs, ds, p) for p in powers}
         fit_s = (time.perf_counter() - t0) / len(powers)
         for name in args.samplers.split(","):
             spec = sampler(name)
             for b in [int(v) for v in args.nfe.split(",")]:
                 steps = spec.steps_for(b)
-                grids = {"default": scaled_log_snr(process, steps, big)}
+                grids = {"default": scaled_log_snr(process, steps, st.scale)}
                 for p in powers:
                     grids[f"dp{p:g}"] = ts_f[dp_path(costs[p], steps)]
                 cells = []
                 for gname, ts in grids.items():
-                    counted = CountEvals(score)
-                    g = torch.Generator().manual_seed(0)
-                    x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
-                    q = quality(tgt, spec(counted, process, x, ts, nfe=b, generator=g), ref, sw_floor)
-                    ok = q["gap_ok"] and q["sw_ok"]
-                    cells.append(f"{gname}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}")
+                    x, g = prior(st, process, args.n)
+                    q, cell = judge(st, spec(st.score, process, x, ts, nfe=b, generator=g), gname)
+                    cells.append(cell)
                     r = -0.5 * process.log_snr(ts[1:]).numpy()
                     rows.append({"target": tname, "sampler": name, "nfe": b, "grid": gname, "fit_seconds": fit_s,
-                                 "log_r_over_D": [round(math.log(math.exp(v) / big), 2) for v in r], **q})
+                                 "log_r_over_D": [round(math.log(math.exp(v) / st.scale), 2) for v in r], **q})
                 print(f"{tname:10s} {name:22s} NFE {b:3d}  " + "  ".join(cells), flush=True)
         print(f"  {tname}: fine solve + pair costs {fit_s:.2f} s per power", flush=True)
     write_json(args.json, {"rows": rows}, results=HERE)

@@ -24,11 +24,10 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.experiments.low_nfe.dp_grid import HERE, REACHABLE, fine_trajectory
-from benchmarks.robustness import target
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, REACHABLE, judge, prior, setting
+from benchmarks.experiments.low_nfe.dp_grid import fine_trajectory
 from scoresde.processes import VP
-from scoresde.samplers.tuning import data_scale, pilot_batch
 from scoresde.schedules import scaled_log_snr
 from scoresde.score import tweedie
 
@@ -134,27 +133,22 @@ def main() -> None:
     process, rows = VP(), []
     uni = sampler("unipc")
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        score = tgt.score_fn(process)
-        pilots = pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64))
-        big = data_scale(score, process, pilots)
+        st = setting(tname, process, args.n)
+        score = st.score
         t0 = time.perf_counter()
-        lin = Linear(*linear_part(score, process, pilots, args.fine))
+        lin = Linear(*linear_part(score, process, st.pilots, args.fine))
         stat_s = time.perf_counter() - t0
         for b in [int(v) for v in args.nfe.split(",")]:
             steps = uni.steps_for(b)
-            ts = scaled_log_snr(process, steps, big)
+            ts = scaled_log_snr(process, steps, st.scale)
             cells = []
             variants = [("unipc", None, 2)] + [(f"ems{o}", lin, o) for o in map(int, args.orders.split(","))] + \
                 [("zero-l", Linear(lin.lam, 0 * lin.l), 2)]
             for vname, l_, o in variants:
-                g = torch.Generator().manual_seed(0)
-                x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
+                x, _ = prior(st, process, args.n)
                 out = uni(score, process, x, ts, nfe=b) if l_ is None else ems_unipc(score, process, x, ts, l_, o)
-                q = quality(tgt, out, ref, sw_floor)
-                ok = q["gap_ok"] and q["sw_ok"]
-                cells.append(f"{vname}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}")
+                q, cell = judge(st, out, vname)
+                cells.append(cell)
                 rows.append({"target": tname, "nfe": b, "sampler": vname, "stat_seconds": stat_s, **q})
             print(f"{tname:10s} NFE {b:3d}  " + "  ".join(cells), flush=True)
         print(f"  {tname}: statistic {stat_s:.1f} s; l at lam = -4..6: " +

@@ -19,12 +19,10 @@ import argparse
 import numpy as np
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.experiments.low_nfe.dp_grid import HERE, REACHABLE
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, REACHABLE, judge, prior, setting
 from benchmarks.experiments.low_nfe.ems import GL_W, GL_X, _lagrange
-from benchmarks.robustness import target
 from scoresde.processes import VP
-from scoresde.samplers.tuning import data_scale, pilot_batch
 from scoresde.schedules import scaled_log_snr
 
 
@@ -85,22 +83,16 @@ def main() -> None:
     process, rows = VP(), []
     uni = sampler("unipc")
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        score = tgt.score_fn(process)
-        pilots = pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64))
-        big = data_scale(score, process, pilots)
+        st = setting(tname, process, args.n)
         for b in [int(v) for v in args.nfe.split(",")]:
-            ts = scaled_log_snr(process, uni.steps_for(b), big)
+            ts = scaled_log_snr(process, uni.steps_for(b), st.scale)
             cells = []
             for vname in ["unipc"] + args.variants.split(","):
-                g = torch.Generator().manual_seed(0)
-                x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
-                out = uni(score, process, x, ts, nfe=b) if vname == "unipc" else \
-                    multistep(score, process, x, ts, *VARIANTS[vname])
-                q = quality(tgt, out, ref, sw_floor)
-                ok = q["gap_ok"] and q["sw_ok"]
-                cells.append(f"{vname}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}")
+                x, _ = prior(st, process, args.n)
+                out = uni(st.score, process, x, ts, nfe=b) if vname == "unipc" else \
+                    multistep(st.score, process, x, ts, *VARIANTS[vname])
+                q, cell = judge(st, out, vname)
+                cells.append(cell)
                 rows.append({"target": tname, "nfe": b, "sampler": vname, **q})
             print(f"{tname:10s} NFE {b:3d}  " + "  ".join(cells), flush=True)
     write_json(args.json, {"rows": rows}, results=HERE)

@@ -20,13 +20,12 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.experiments.low_nfe.dp_grid import HERE, REACHABLE
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, REACHABLE, judge, prior, setting
 from benchmarks.experiments.low_nfe.fit_fidelity import PilotEvals
-from benchmarks.robustness import target
 from scoresde.processes import VP
 from scoresde.samplers import probability_flow
-from scoresde.samplers.tuning import _end_point_errors, _huber_log_loss, data_scale, optimized, pilot_batch
+from scoresde.samplers.tuning import _end_point_errors, _huber_log_loss, data_scale, optimized
 from scoresde.schedules import check_grid, scaled_log_snr, uniform_log_snr
 
 
@@ -100,16 +99,15 @@ def main() -> None:
     torch.set_num_threads(1)
     process, rows = VP(), []
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        pilots = pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64))
+        st = setting(tname, process, args.n)
+        pilots = st.pilots
         for name in args.samplers.split(","):
             spec = sampler(name)
             for b in [int(v) for v in args.nfe.split(",")]:
                 steps = spec.steps_for(b)
                 cells = []
                 for kind in ("default", "steps", "family"):
-                    counted = PilotEvals(tgt.score_fn(process))
+                    counted = PilotEvals(st.score)
                     t0 = time.perf_counter()
                     theta = None
                     if kind == "default":
@@ -119,12 +117,9 @@ def main() -> None:
                     else:
                         ts, theta = fit_family(process, steps, counted, spec, pilots, args.max_evals)
                     secs, evals = time.perf_counter() - t0, counted.rows / 1000
-                    g = torch.Generator().manual_seed(0)
-                    x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
-                    q = quality(tgt, spec(tgt.score_fn(process), process, x, ts, nfe=b, generator=g), ref, sw_floor)
-                    ok = q["gap_ok"] and q["sw_ok"]
-                    cells.append(f"{kind}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '} "
-                                 f"{secs:4.1f} s {evals:5.0f} ev")
+                    x, g = prior(st, process, args.n)
+                    q, cell = judge(st, spec(st.score, process, x, ts, nfe=b, generator=g), kind)
+                    cells.append(f"{cell} {secs:4.1f} s {evals:5.0f} ev")
                     rows.append({"target": tname, "sampler": name, "nfe": b, "fit": kind, "fit_seconds": secs,
                                  "fit_evals_per_pilot": evals, "theta": None if theta is None else list(theta), **q})
                 print(f"{tname:10s} {name:22s} NFE {b:3d}  " + "  ".join(cells) +

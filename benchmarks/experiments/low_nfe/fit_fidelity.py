@@ -15,11 +15,10 @@ import time
 
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.experiments.low_nfe.dp_grid import HERE, REACHABLE
-from benchmarks.robustness import target
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, REACHABLE, judge, prior, setting
 from scoresde.processes import VP
-from scoresde.samplers.tuning import optimized, pilot_batch
+from scoresde.samplers.tuning import optimized
 
 
 class PilotEvals:
@@ -48,16 +47,15 @@ def main() -> None:
     torch.set_num_threads(1)
     process, rows = VP(), []
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        pilots = pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64))
+        st = setting(tname, process, args.n)
+        pilots = st.pilots
         for name in args.samplers.split(","):
             spec = sampler(name)
             for b in [int(v) for v in args.nfe.split(",")]:
                 steps = spec.steps_for(b)
                 cells = []
                 for kind in ("single", "two-stage"):
-                    counted = PilotEvals(tgt.score_fn(process))
+                    counted = PilotEvals(st.score)
                     t0 = time.perf_counter()
                     if kind == "single":
                         ts = optimized(process, steps, counted, spec, pilots)
@@ -68,15 +66,12 @@ def main() -> None:
                         def first(process_, steps_, g1=g1):
                             return g1
 
-                        ts = optimized(process, steps, counted, spec.fn, pilots, inits=(first,),
+                        ts = optimized(process, steps, counted, spec, pilots, inits=(first,),
                                        max_evals=args.fine_evals, step=args.fine_step)
                     secs, evals = time.perf_counter() - t0, counted.rows / 1000
-                    g = torch.Generator().manual_seed(0)
-                    x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
-                    q = quality(tgt, spec(tgt.score_fn(process), process, x, ts, nfe=b, generator=g), ref, sw_floor)
-                    ok = q["gap_ok"] and q["sw_ok"]
-                    cells.append(f"{kind}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '} "
-                                 f"{secs:4.1f} s {evals:5.0f} ev")
+                    x, g = prior(st, process, args.n)
+                    q, cell = judge(st, spec(st.score, process, x, ts, nfe=b, generator=g), kind)
+                    cells.append(f"{cell} {secs:4.1f} s {evals:5.0f} ev")
                     rows.append({"target": tname, "sampler": name, "nfe": b, "fit": kind, "fit_seconds": secs,
                                  "fit_evals_per_pilot": evals, **q})
                 print(f"{tname:10s} {name:22s} NFE {b:3d}  " + "  ".join(cells), flush=True)

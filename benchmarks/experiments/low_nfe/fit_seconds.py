@@ -16,7 +16,7 @@ import time
 import torch
 
 from benchmarks._common import sampler, write_json
-from benchmarks.experiments.low_nfe.dp_grid import HERE, REACHABLE
+from benchmarks.experiments.low_nfe._study import HERE, REACHABLE
 from benchmarks.experiments.low_nfe.fit_fidelity import PilotEvals
 from benchmarks.robustness import target
 from scoresde.processes import VP

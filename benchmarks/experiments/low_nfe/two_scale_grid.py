@@ -22,7 +22,7 @@ from benchmarks.robustness import target
 from scoresde import CountEvals
 from scoresde.processes import VP
 from scoresde.samplers.tuning import data_scale, pilot_batch
-from scoresde.schedules import scaled_log_snr, time_range
+from scoresde.schedules import time_range
 
 
 def two_scale(process, steps: int, big: float, small: float, power: float = 0.5) -> torch.Tensor:
