@@ -1,5 +1,5 @@
 """DistributedDataParallel: two CPU processes (gloo) train, stop, resume, agree on their weights and match one
-process that emulates their two data streams."""
+process that emulates their two data streams; a run directory process 0 refuses stops every process."""
 
 import json
 import os
@@ -25,8 +25,10 @@ CONFIG = dict(data="ring8", net={"name": "mlp", "width": 32, "depth": 1, "emb_di
 
 # Each process: train to step 8 (train() joins and leaves the process group itself, as under torchrun: RANK,
 # WORLD_SIZE, MASTER_ADDR and MASTER_PORT in its environment), then resume to the end inside a process group of its
-# own making (train() uses it and leaves it alone).
-def _worker(out: Path, port: str) -> None:
+# own making (train() uses it and leaves it alone); then start a fresh run in the same directory, which now holds the
+# finished run, in a third process group (train()'s own again, on a third port): process 0's claim fails, and every
+# process must stop with its error (_refused) instead of waiting for process 0 forever.
+def _worker(out: Path, port: str, refuse_port: str) -> None:
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
@@ -40,27 +42,47 @@ def _worker(out: Path, port: str) -> None:
     save_file({k: v.contiguous() for k, v in rest.net.state_dict().items()}, f"{out}/rank{rank}.safetensors")
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump({"losses": first.losses + rest.losses, "streams": rest.config.data_streams}, f)
+    os.environ["MASTER_PORT"] = refuse_port
+    _refused(out, rank)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _refused(out: Path, rank: int) -> None:
+    """Start a fresh run in `out`, which holds an earlier one: process 0's claim fails; record each rank's error."""
+    try:
+        train(TrainConfig(**CONFIG), out, progress=False)
+    except (ValueError, RuntimeError) as e:
+        (out.parent / f"refused{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+        return
+    raise AssertionError("the run started in a directory holding an earlier run")
+
+
+def _free_ports(n: int) -> list[str]:
+    """n distinct free ports (all bound at once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [str(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _launch(world: int, out: Path, timeout: float = 120, worker=_worker) -> None:
-    """`world` fresh interpreters running worker(out, port), each with torchrun's environment (not forked from this
-    process: a fork of pytest's process, whose other threads may hold locks, hung now and then); a rank that fails,
-    or any still running at the timeout, fails the test with the ranks' output."""
-    ports = [str(_free_port()), str(_free_port())]
-    code = (f"import sys; from pathlib import Path; from tests.test_ddp import {worker.__name__} as w; "
-            "w(Path(sys.argv[1]), sys.argv[2])")
+    """`world` fresh interpreters running worker(out, port, refuse_port), each with torchrun's environment (not forked
+    from this process: a fork of pytest's process, whose other threads may hold locks, hung now and then); a rank
+    that fails, or any still running at the timeout, fails the test with the ranks' output. A rank whose worker
+    returns leaves at once (os._exit after flushing its output: its files are written and closed; the interpreter's
+    clean-up of torch took 1.5-2 s)."""
+    ports = _free_ports(3)
+    code = (f"import os, sys; from pathlib import Path; from tests.test_ddp import {worker.__name__} as w; "
+            "w(Path(sys.argv[1]), *sys.argv[2:]); sys.stdout.flush(); sys.stderr.flush(); os._exit(0)")
     procs = []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": ports[0],
                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, "-c", code, str(out), ports[1]], env=env, cwd=ROOT,
+        procs.append(subprocess.Popen([sys.executable, "-c", code, str(out), *ports[1:]], env=env, cwd=ROOT,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = []
     try:
@@ -80,6 +102,10 @@ def _launch(world: int, out: Path, timeout: float = 120, worker=_worker) -> None
 
 
 def test_two_processes_match_one_process_with_two_streams(tmp_path):
+    """Two ranks train, stop, resume and agree with one process emulating their two streams. Then, in the same
+    interpreters (two fewer to start), a fresh run in that directory, which holds the finished run, is refused:
+    process 0 refuses it; process 1 hears of it and stops with its own error instead of waiting for process 0
+    forever (before: killed at the timeout)."""
     from safetensors.torch import load_file
 
     run = tmp_path / "ddp"
@@ -103,26 +129,6 @@ def test_two_processes_match_one_process_with_two_streams(tmp_path):
         assert torch.equal(w0[k], v), k
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [4, 8, 12, 16]  # one log, written once
-
-
-def _refused_worker(out: Path, port: str) -> None:
-    """Start a fresh run in `out`, which holds an earlier one: process 0's claim fails; record each rank's error."""
-    torch.set_num_threads(1)
-    rank = int(os.environ["RANK"])
-    try:
-        train(TrainConfig(**CONFIG), out, progress=False)
-    except (ValueError, RuntimeError) as e:
-        (out.parent / f"refused{rank}.txt").write_text(f"{type(e).__name__}: {e}")
-        return
-    raise AssertionError("the run started in a directory holding an earlier run")
-
-
-def test_a_refused_run_directory_stops_every_process(tmp_path):
-    """Process 0 refuses a run directory holding an earlier run; process 1 hears of it and stops with its own error
-    instead of waiting for process 0 forever (before: killed at the timeout)."""
-    run = tmp_path / "ddp"
-    train(TrainConfig(**{**CONFIG, "data_streams": 2}), run, progress=False, stop_at=4)
-    _launch(2, run, timeout=60, worker=_refused_worker)
     assert "ValueError" in (tmp_path / "refused0.txt").read_text() and "holds an earlier run" in \
         (tmp_path / "refused0.txt").read_text()
     assert (tmp_path / "refused1.txt").read_text().startswith("RuntimeError: process 0 could not take the run directory")
