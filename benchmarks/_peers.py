@@ -336,8 +336,9 @@ def run_kdiffusion(
             return torch.zeros_like(x)
 
     else:
-        # Levels for the grid and, for dpm_2 and dpmpp_sde, the log-midpoints (as sample_dpm_2 computes them); keyed
-        # by the sigma value the sampler passes. Any other sigma is mapped on the fly (exact, only slower).
+        # Levels for the grid and, for dpm_2 and dpmpp_sde, the log-midpoints (as sample_dpm_2 computes them;
+        # sample_dpmpp_sde's exp(-(t + h / 2)) can differ in the last bit); keyed by the sigma value the sampler
+        # passes. Any other sigma is mapped on the fly (exact, only slower).
         keys = sigmas[:-1]
         if name in ("dpm_2", "dpmpp_sde") and len(sigmas) > 2:
             mids = sigmas[:-2].log().lerp(sigmas[1:-1].log(), 0.5).exp()

@@ -96,7 +96,7 @@ def _launch(world: int, out: Path, timeout: float = 120, worker=_worker) -> None
             if p.poll() is None:
                 p.kill()
             if rank >= len(logs):  # killed, or not yet read: what it printed before
-                logs.append(p.communicate()[0])
+                logs.append(p.communicate(timeout=30)[0])
     failed = [f"rank {rank}: exit status {p.returncode}\n{(logs[rank] if rank < len(logs) else '')[-3000:]}"
               for rank, p in enumerate(procs) if p.returncode != 0]
     assert not failed, "\n".join(failed)
