@@ -7,7 +7,7 @@ The pilot batch (1000 prior samples, PILOT_SEED) is solved once on a fine unifor
 keeping every state x_m and its data prediction D_m. A first-order exponential step (DDIM in data prediction) from
 fine point i to j needs only D_i, so the cost of every pair (i, j) is known without another score evaluation:
 c(i, j) = mean over pilots of ||x̂_j - x_j||^p. Dynamic programming picks the N-step path 0 -> M of least total cost;
-that grid is then handed to the higher-order samplers. Fit cost: M + 1 evaluations of the pilot batch and the
+that grid is then handed to the higher-order samplers. Fit cost: M evaluations of the pilot batch and the
 O(N M²) path search. Cells: log-density gap in se / SW2 in floors, `*` both within. Nothing here is in the library.
 """
 

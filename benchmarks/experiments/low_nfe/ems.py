@@ -12,8 +12,8 @@ x_t = (sigma_t / sigma_s) e^{L(lam_t) - L(lam_s)} x_s + sigma_t ∫ e^{u + L(lam
 N is interpolated through the last `order` nodes (Adams-Bashforth, lower orders first) and, with the corrector,
 redone with the new node (UniPC's corrector; no extra evaluation). With l = 0 it is exactly the library's
 unipc. The statistic: 1000 pilot prior samples (PILOT_SEED) solved by unipc on a uniform log-SNR grid of `--fine`
-steps; at each node one Rademacher probe of tr(dD/dx) by a forward difference (one evaluation). Cost: 2 x fine
-evaluations of the pilot batch, once per model (it serves every NFE and grid). Nothing here is in the library.
+steps; at each node one Rademacher probe of tr(dD/dx) by a forward difference (two evaluations as written). Cost:
+3 x fine evaluations of the pilot batch, once per model (it serves every NFE and grid). Nothing here is in the library.
 """
 
 from __future__ import annotations
