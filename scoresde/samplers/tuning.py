@@ -89,11 +89,11 @@ def optimized(
     scale estimated from x, uniform_log_snr, karras, uniform_t); in the spirit of Xue et al. 2024 ("Accelerating
     diffusion sampling with optimized time steps") and Sabour et al. 2024 ("Align Your Steps"). Only `score` is
     used, so it serves learned models as well as exact ones. Cost: one ODE solve (~100-250 evaluations) plus
-    max_evals sampler runs ((NFE + 1) score evaluations each) on the pilot batch: measured 1.6-3.5 s for 1000
-    pilots of 8-component mixtures in 2 and 5 dimensions at NFE 8-10 on one shared CPU thread, 4.5-6 s for 25
-    components or 16 dimensions (the score's cost sets it). Draw the pilot batch independently of the samples you evaluate. A ValueError from
-    the sampler on the first init grid (bad sampler_options, a non-finite score) is raised; later ones mark a grid
-    as infeasible.
+    max_evals sampler runs ((NFE + 1) score evaluations each) on the pilot batch: measured 1.5-4 s for 1000
+    pilots of the 2-D and 5-D mixtures of benchmarks.robustness at NFE 8-10 on one shared CPU thread, 5.5-8.5 s for
+    6 components in 16 dimensions (the score's cost sets it). Draw the pilot batch independently of the samples you
+    evaluate. A ValueError from the sampler on the first init grid (bad sampler_options, a non-finite score) is
+    raised; later ones mark a grid as infeasible.
     """
     _check_options(steps, sampler, max_evals, huber, step, inits)
     if not isinstance(x, Tensor):
