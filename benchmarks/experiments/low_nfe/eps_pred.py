@@ -26,17 +26,21 @@ from scoresde.processes import VP
 from scoresde.schedules import scaled_log_snr
 
 
-def _step(form: str, nodes: list, lam_s: float, lam_t: float, a_s, a_t, s_s, s_t):
+TRANSFORMS = {"lam": lambda v: v, "1/r": np.exp, "r": lambda v: np.exp(-np.asarray(v))}
+
+
+def _step(form: str, nodes: list, lam_s: float, lam_t: float, a_s, a_t, s_s, s_t, var: str = "lam"):
     u = 0.5 * (lam_t - lam_s) * GL_X + 0.5 * (lam_t + lam_s)
     half = 0.5 * (lam_t - lam_s)
     if form == "data":
         a, kernel = s_t / s_s, s_t * np.exp(u) * half
     else:
         a, kernel = a_t / a_s, -a_t * np.exp(-u) * half
-    return a, [float(np.sum(GL_W * kernel * b)) for b in _lagrange(nodes, u)]
+    f = TRANSFORMS[var]
+    return a, [float(np.sum(GL_W * kernel * b)) for b in _lagrange(list(f(np.array(nodes))), f(u))]
 
 
-def multistep(score, process, x, ts, form: str = "eps", order: int = 2, corrector: bool = True):
+def multistep(score, process, x, ts, form: str = "eps", order: int = 2, corrector: bool = True, var: str = "lam"):
     """The sampler of the module docstring."""
     al, si = process.alpha(ts).tolist(), process.sigma(ts).tolist()
     lam = [float(np.log(a / s)) for a, s in zip(al, si)]
@@ -54,20 +58,22 @@ def multistep(score, process, x, ts, form: str = "eps", order: int = 2, correcto
         if corrector and i > 0:
             k = min(order, i)
             a, w = _step(form, [lam[i - j] for j in range(k + 1)], lam[i - 1], lam[i], al[i - 1], al[i],
-                         si[i - 1], si[i])
+                         si[i - 1], si[i], var)
             xc = x_prev * a + sum(wj * pj for wj, pj in zip(w, ps))
         if i == n:
             return d + (xc - x) / al[i]
         x_prev = xc
         k = min(order, i + 1)
-        a, w = _step(form, [lam[i - j] for j in range(k)], lam[i], lam[i + 1], al[i], al[i + 1], si[i], si[i + 1])
+        a, w = _step(form, [lam[i - j] for j in range(k)], lam[i], lam[i + 1], al[i], al[i + 1], si[i], si[i + 1],
+                     var)
         x = xc * a + sum(wj * pj for wj, pj in zip(w, ps))
     return x
 
 
-VARIANTS = {  # name -> (form, order, corrector)
+VARIANTS = {  # name -> (form, order, corrector[, the variable the prediction is a polynomial in])
     "data2c": ("data", 2, True), "eps2c": ("eps", 2, True), "eps3c": ("eps", 3, True), "eps2": ("eps", 2, False),
     "eps1": ("eps", 1, False),
+    "data2c-r": ("data", 2, True, "r"), "data2c-1/r": ("data", 2, True, "1/r"), "eps2c-r": ("eps", 2, True, "r"),
 }
 
 
