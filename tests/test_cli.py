@@ -42,11 +42,18 @@ def test_errors_are_one_line(capsys, tmp_path):
 
 
 def test_cli_error_has_no_traceback(tmp_path):
+    """Through the installed `scoresde` command (pyproject's entry point) where the package is installed beside this
+    interpreter, else `python -m scoresde.cli`."""
+    import os
+    import shutil
+
+    script = shutil.which("scoresde", path=os.path.dirname(sys.executable))
+    command = [script] if script else [sys.executable, "-m", "scoresde.cli"]
     out = subprocess.run(
-        [sys.executable, "-m", "scoresde.cli", "targets", "--process", "nope", "--out", str(tmp_path / "t.png")],
+        [*command, "targets", "--process", "nope", "--out", str(tmp_path / "t.png")],
         capture_output=True, text=True, timeout=120
     )
-    assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
 
 def test_compare_writes_table_json_and_pngs(tmp_path, capsys):
