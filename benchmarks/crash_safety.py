@@ -116,9 +116,10 @@ def child(out: str, resume: bool, kill: str | None, steps: int) -> None:
     train(config(steps), out, resume=resume, progress=False)
 
 
-def fork_child(out: Path, resume: bool, kill: str | None = None, steps: int = 120) -> int:
+def fork_child(out: Path, resume: bool, kill: str | None = None, steps: int = 120, timeout: float = 120) -> int:
     """`child` in a forked process (no interpreter start: the test suite's trials); -> its exit status, negative for
-    the signal that ended it."""
+    the signal that ended it. A child still running after `timeout` seconds (a fork can inherit a lock another
+    thread held) is killed and is a RuntimeError, not a hung caller."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
         code = 1
@@ -127,8 +128,16 @@ def fork_child(out: Path, resume: bool, kill: str | None = None, steps: int = 12
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise RuntimeError(f"the forked child (pid {pid}) was still running after {timeout} s; killed it")
+        time.sleep(0.002)
 
 
 def run_child(out: Path, resume: bool, kill: str | None = None, steps: int = 120, after: float | None = None,
