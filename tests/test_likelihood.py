@@ -263,6 +263,19 @@ def test_rademacher_probes_of_a_sample_are_distinct():
         assert int((block[:, :, None] == block[:, None]).all(-1).sum((1, 2)).max()) == 4
 
 
+def test_gaussian_probes_have_identity_second_moment():
+    """E[eps epsᵀ] = I is what makes the Gaussian-probe estimate unbiased; the agreement test above is too noisy in
+    2-D to see a few per cent of scale (the Rademacher probes, whose code is shared, are checked exactly below)."""
+    from scoresde.likelihood import _probes
+
+    n = 100_000
+    p = _probes(torch.zeros(n, 3, dtype=torch.float64), 1, "gaussian", torch.Generator().manual_seed(0))
+    second = p.T @ p / n
+    se = math.sqrt(2 / n)  # of a diagonal entry; off-diagonal ones have sqrt(1 / n)
+    assert (second - torch.eye(3, dtype=torch.float64)).abs().max() < 4 * se, second
+    assert p.mean(0).abs().max() < 4 / math.sqrt(n)
+
+
 def test_hutchinson_over_all_four_sign_patterns_is_exact_in_2d():
     """With 4 distinct Rademacher probes in 2-D (every pattern, +-v pairs) the estimate is the exact trace, so
     the log-likelihood equals the exact divergence's; duplicated probes (drawn with replacement) would not."""
