@@ -24,6 +24,7 @@ from benchmarks.experiments.low_nfe._study import HERE, REACHABLE, judge, prior,
 from benchmarks.experiments.low_nfe.ems import GL_W, GL_X, _lagrange
 from scoresde.processes import VP
 from scoresde.schedules import scaled_log_snr
+from scoresde.score import convert, tweedie
 
 
 TRANSFORMS = {"lam": lambda v: v, "1/r": np.exp, "r": lambda v: np.exp(-np.asarray(v))}
@@ -50,8 +51,8 @@ def multistep(score, process, x, ts, form: str = "eps", order: int = 2, correcto
     x_prev = x
     for i in range(n + 1):
         sc = score(x, tt[i])
-        eps = -si[i] * sc
-        d = (x - si[i] * eps) / al[i]
+        d = tweedie(x, sc, al[i], si[i])
+        eps = convert(sc, x, x.new_tensor(al[i]), x.new_tensor(si[i]), src="score", dst="eps")
         ps.insert(0, d if form == "data" else eps)
         del ps[order + 1:]
         xc = x
