@@ -22,16 +22,13 @@ import time
 
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.robustness import target
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, judge, prior, setting
 from scoresde import CountEvals
 from scoresde.processes import VP
 from scoresde.samplers import probability_flow
-from scoresde.samplers.tuning import (_grid_from_increments, _huber_log_loss, _nelder_mead, _scaled_grid, data_scale,
-                                      pilot_batch)
+from scoresde.samplers.tuning import _grid_from_increments, _huber_log_loss, _nelder_mead, _scaled_grid, data_scale
 from scoresde.schedules import check_grid, karras, uniform_log_snr, uniform_t
-
-HERE = __import__("pathlib").Path(__file__).resolve().parent / "results"
 
 
 def fit(process, steps, score, spec, x, *, objective="logp", max_evals=200, step=0.3, huber=0.9):
@@ -93,29 +90,24 @@ def main() -> None:
     process = VP()
     rows = []
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        score = tgt.score_fn(process)
-        pilots = pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64))
+        st = setting(tname, process, args.n)
+        score, pilots = st.score, st.pilots
         for name in args.samplers.split(","):
             spec = sampler(name)
             for b in [int(v) for v in args.nfe.split(",")]:
-                cells = {}
+                cells = []
                 for objective in args.objectives.split(","):
                     t0 = time.perf_counter()
                     ts = fit(process, spec.steps_for(b), score, spec, pilots, objective=objective,
                              max_evals=args.max_evals)
                     seconds = time.perf_counter() - t0
                     counted = CountEvals(score)
-                    g = torch.Generator().manual_seed(0)
-                    x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
-                    q = quality(tgt, spec(counted, process, x, ts, nfe=b, generator=g), ref, sw_floor)
-                    ok = q["gap_ok"] and q["sw_ok"]
-                    cells[objective] = f"{q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '} ({seconds:4.1f} s)"
+                    x, g = prior(st, process, args.n)
+                    q, cell = judge(st, spec(counted, process, x, ts, nfe=b, generator=g), objective)
+                    cells.append(f"{cell} ({seconds:4.1f} s)")
                     rows.append({"target": tname, "sampler": name, "nfe": counted.nfe, "objective": objective,
                                  "fit_seconds": seconds, "grid": ts.tolist(), **q})
-                print(f"{tname:10s} {name:14s} NFE {b:3d}  " + "  ".join(f"{k} {v}" for k, v in cells.items()),
-                      flush=True)
+                print(f"{tname:10s} {name:14s} NFE {b:3d}  " + "  ".join(cells), flush=True)
     write_json(args.json, {"rows": rows}, results=HERE)
 
 

@@ -12,19 +12,17 @@ sampler here. Grids: scaled_log_snr (the default) and karras (rho 7, iPNDM's usu
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.robustness import TARGETS, target
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, judge, prior, setting
+from benchmarks.robustness import TARGETS
 from scoresde import CountEvals
 from scoresde.processes import VP
-from scoresde.samplers.tuning import data_scale, pilot_batch
 from scoresde.schedules import karras, scaled_log_snr
 from scoresde.score import tweedie
 
-HERE = Path(__file__).resolve().parent / "results"
 AB = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 
@@ -78,10 +76,8 @@ def main() -> None:
     process, rows = VP(), []
     unipc = sampler("unipc")
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        score = tgt.score_fn(process)
-        big = data_scale(score, process, pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64)))
+        st = setting(tname, process, args.n)
+        big = st.scale
         for b in [int(v) for v in args.nfe.split(",")]:
             cells = []
             runs = [("unipc", lambda s, x, ts: unipc(s, process, x, ts), "scaled"),
@@ -91,13 +87,11 @@ def main() -> None:
                     ("ipndm_v", lambda s, x, ts: ipndm(s, process, x, ts, variable=True), "karras")]
             for name, fn, grid in runs:
                 ts = scaled_log_snr(process, b - 1, big) if grid == "scaled" else karras(process, b - 1)
-                counted = CountEvals(score)
-                x = process.prior((args.n, *tgt.event_shape), generator=torch.Generator().manual_seed(0),
-                                  dtype=torch.float64)
-                q = quality(tgt, fn(counted, x, ts), ref, sw_floor)
+                counted = CountEvals(st.score)
+                x, _ = prior(st, process, args.n)
+                q, cell = judge(st, fn(counted, x, ts), f"{name}/{grid}")
                 assert counted.nfe == b, (name, counted.nfe)
-                ok = q["gap_ok"] and q["sw_ok"]
-                cells.append(f"{name}/{grid}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}")
+                cells.append(cell)
                 rows.append({"target": tname, "nfe": b, "sampler": name, "grid": grid, **q})
             print(f"{tname:10s} NFE {b:3d}  " + "  ".join(cells), flush=True)
     write_json(args.json, {"rows": rows}, results=HERE)

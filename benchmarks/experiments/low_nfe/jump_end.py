@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.robustness import TARGETS, target
-from scoresde import CountEvals
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, judge, prior, setting
+from benchmarks.robustness import TARGETS
 from scoresde.processes import VP
-from scoresde.samplers.tuning import data_scale, pilot_batch
 from scoresde.schedules import scaled_log_snr
-
-HERE = Path(__file__).resolve().parent / "results"
 
 
 def jump_end(process, steps: int, scale: float, c: float) -> torch.Tensor:
@@ -48,10 +44,8 @@ def main() -> None:
     torch.set_num_threads(1)
     process, rows = VP(), []
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        score = tgt.score_fn(process)
-        big = data_scale(score, process, pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64)))
+        st = setting(tname, process, args.n)
+        big = st.scale
         for name in args.samplers.split(","):
             spec = sampler(name)
             for b in [int(v) for v in args.nfe.split(",")]:
@@ -59,12 +53,9 @@ def main() -> None:
                 for c in ["default"] + [float(v) for v in args.c.split(",")]:
                     steps = spec.steps_for(b)
                     ts = scaled_log_snr(process, steps, big) if c == "default" else jump_end(process, steps, big, c)
-                    counted = CountEvals(score)
-                    g = torch.Generator().manual_seed(0)
-                    x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
-                    q = quality(tgt, spec(counted, process, x, ts, nfe=b, generator=g), ref, sw_floor)
-                    ok = q["gap_ok"] and q["sw_ok"]
-                    cells.append(f"{c}: {q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}")
+                    x, g = prior(st, process, args.n)
+                    q, cell = judge(st, spec(st.score, process, x, ts, nfe=b, generator=g), str(c))
+                    cells.append(cell)
                     rows.append({"target": tname, "sampler": name, "nfe": b, "c": c, **q})
                 print(f"{tname:10s} {name:8s} NFE {b:3d}  " + "  ".join(cells), flush=True)
     write_json(args.json, {"rows": rows}, results=HERE)

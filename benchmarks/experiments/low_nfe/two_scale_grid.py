@@ -13,15 +13,13 @@ nothing here is in the library; if the oracle grid passes at NFE <= 15, estimati
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from benchmarks._common import quality, reference, sampler, write_json
-from benchmarks.robustness import target
+from benchmarks._common import sampler, write_json
+from benchmarks.experiments.low_nfe._study import HERE, judge, prior, setting
 from scoresde import CountEvals
 from scoresde.processes import VP
-from scoresde.samplers.tuning import data_scale, pilot_batch
 from scoresde.schedules import time_range
 
 
@@ -55,31 +53,26 @@ def main() -> None:
     process = VP()
     rows = []
     for tname in args.targets.split(","):
-        tgt = target(tname)
-        ref, sw_floor, _, _ = reference(tgt, args.n)
-        score = tgt.score_fn(process)
-        big = data_scale(score, process, pilot_batch(process, 1000, torch.empty((1, *tgt.event_shape), dtype=torch.float64)))
+        st = setting(tname, process, args.n)
+        tgt, score, big = st.target, st.score, st.scale
         oracle = float(torch.linalg.eigvalsh(tgt.covariances).clamp_min(0).min().sqrt())
         small = oracle if args.small == "oracle" else float(args.small[1:]) * big
         for name in args.samplers.split(","):
             spec = sampler(name)
             for b in [int(v) for v in args.nfe.split(",")]:
-                cells = {}
+                cells = []
                 for grid in ("default", "two_scale"):
                     steps = spec.steps_for(b)
                     ts = spec.grid_for(process, b, score=score, shape=tgt.event_shape) if grid == "default" \
                         else two_scale(process, steps, big, small, args.power)
                     counted = CountEvals(score)
-                    g = torch.Generator().manual_seed(0)
-                    x = process.prior((args.n, *tgt.event_shape), generator=g, dtype=torch.float64)
-                    q = quality(tgt, spec(counted, process, x, ts, nfe=b, generator=g), ref, sw_floor)
-                    ok = q["gap_ok"] and q["sw_ok"]
-                    cells[grid] = f"{q['gap_z']:+5.0f}/{q['sw_ratio']:4.2f}{'*' if ok else ' '}"
+                    x, g = prior(st, process, args.n)
+                    q, cell = judge(st, spec(counted, process, x, ts, nfe=b, generator=g), grid)
+                    cells.append(cell)
                     rows.append({"target": tname, "sampler": name, "nfe": counted.nfe, "grid": grid, "big": big,
                                  "small": small, **q})
-                print(f"{tname:10s} D {big:7.3f} b {small:7.4f} {name:14s} NFE {b:3d}  default {cells['default']}  "
-                      f"two-scale {cells['two_scale']}", flush=True)
-    print(f"wrote {write_json(args.json, {'rows': rows, 'args': vars(args)}, Path(__file__).parent / 'results')}")
+                print(f"{tname:10s} D {big:7.3f} b {small:7.4f} {name:14s} NFE {b:3d}  " + "  ".join(cells), flush=True)
+    print(f"wrote {write_json(args.json, {'rows': rows, 'args': vars(args)}, HERE)}")
 
 
 if __name__ == "__main__":
